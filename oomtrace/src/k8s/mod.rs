@@ -1,0 +1,3 @@
+//! Kubernetes attribution: from the victim's cgroup to its container and pod.
+pub mod cgroup_path;
+pub mod pod_index;
