@@ -1,2 +1,23 @@
 //! oomtrace: catch every kernel OOM kill with eBPF and say exactly what happened.
+pub mod btf_offsets;
+pub mod cgroup_fs;
+pub mod event;
 pub mod k8s;
+pub mod oom_domain;
+pub mod output;
+pub mod tracefs;
+pub mod tracer;
+pub mod watch;
+
+/// This node's name: `NODE_NAME` (set from the downward API in the DaemonSet), else the
+/// hostname.
+pub fn node_name() -> String {
+    if let Ok(n) = std::env::var("NODE_NAME") {
+        if !n.is_empty() {
+            return n;
+        }
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}

@@ -1,0 +1,315 @@
+//! Kernel struct member offsets, read from the running kernel's BTF.
+//!
+//! Rust eBPF has no CO-RE relocations, so the programs read kernel memory at offsets installed
+//! by userspace. Each offset is resolved by name (descending into anonymous structs and unions,
+//! which the kernel uses a lot), and a member that does not exist on this kernel is reported by
+//! name and left as `OFFSET_MISSING`, so the fields that still resolve keep working.
+use anyhow::{anyhow, bail, Context, Result};
+use btf_rs::{Btf, Struct, Type};
+use fallible_iterator::FallibleIterator;
+use oomtrace_common::{KernelOffsets, OFFSET_MISSING};
+use std::path::Path;
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// The kernel's BTF, opened once.
+pub struct KernelBtf {
+    btf: Btf,
+}
+
+/// Offsets plus the names of the members this kernel lacks.
+pub struct Resolved {
+    pub offsets: KernelOffsets,
+    pub missing: Vec<&'static str>,
+}
+
+impl KernelBtf {
+    pub fn open(path: &Path) -> Result<Self> {
+        let btf = Btf::from_file(path).with_context(|| {
+            format!(
+                "cannot read kernel BTF at {}: oomtrace needs a kernel built with \
+                 CONFIG_DEBUG_INFO_BTF=y (5.8 or newer)",
+                path.display()
+            )
+        })?;
+        Ok(Self { btf })
+    }
+
+    /// Strips typedefs and qualifiers down to the underlying type.
+    fn underlying(&self, mut t: Type) -> Result<Type> {
+        for _ in 0..32 {
+            match &t {
+                Type::Typedef(_)
+                | Type::Const(_)
+                | Type::Volatile(_)
+                | Type::Restrict(_)
+                | Type::TypeTag(_) => {
+                    let bt = t.as_btf_type().expect("qualifier is a BTF type");
+                    t = self.btf.resolve_chained_type(bt)?;
+                }
+                _ => return Ok(t),
+            }
+        }
+        bail!("typedef chain too long")
+    }
+
+    /// The complete definition of `struct name` (skipping forward declarations).
+    fn named_struct(&self, name: &str) -> Result<Struct> {
+        for t in self.btf.resolve_types_by_name(name).unwrap_or_default() {
+            if let Type::Struct(s) = t {
+                return Ok(s);
+            }
+        }
+        bail!("struct {name} not found in kernel BTF")
+    }
+
+    /// Finds member `name` in `s`, looking inside anonymous struct/union members too.
+    /// Returns its byte offset and its (unqualified) type.
+    fn find_member(&self, s: &Struct, name: &str, depth: u32) -> Option<(u32, Type)> {
+        if depth > 8 {
+            return None;
+        }
+        for m in &s.members {
+            if m.bitfield_size().is_some_and(|bits| bits > 0) {
+                continue;
+            }
+            let mname = self.btf.resolve_name(m).unwrap_or_default();
+            let Ok(mt) = self.btf.resolve_chained_type(m).and_then(|t| {
+                self.underlying(t).map_err(|e| btf_rs::Error::Format(e.to_string()))
+            }) else {
+                continue;
+            };
+            let here = m.bit_offset() / 8;
+            if mname == name {
+                return Some((here, mt));
+            }
+            if mname.is_empty() {
+                if let Type::Struct(inner) | Type::Union(inner) = &mt {
+                    if let Some((off, t)) = self.find_member(inner, name, depth + 1) {
+                        return Some((here + off, t));
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Byte offset of `path` (e.g. `["memory", "usage"]`) inside `struct strukt`.
+    pub fn offset_of(&self, strukt: &str, path: &[&str]) -> Result<u32> {
+        let mut s = self.named_struct(strukt)?;
+        let mut total = 0u32;
+        for (i, name) in path.iter().enumerate() {
+            let (off, t) = self
+                .find_member(&s, name, 0)
+                .ok_or_else(|| anyhow!("{strukt}.{} not found", path[..=i].join(".")))?;
+            total += off;
+            if i + 1 < path.len() {
+                s = match t {
+                    Type::Struct(s) | Type::Union(s) => s,
+                    other => bail!("{strukt}.{} is a {}, not a struct", name, other.name()),
+                };
+            }
+        }
+        Ok(total)
+    }
+
+    /// The type of `path` inside `struct strukt`.
+    fn member_type(&self, strukt: &str, name: &str) -> Result<Type> {
+        let s = self.named_struct(strukt)?;
+        self.find_member(&s, name, 0)
+            .map(|(_, t)| t)
+            .ok_or_else(|| anyhow!("{strukt}.{name} not found"))
+    }
+
+    /// Value of an enumerator (e.g. `memory_cgrp_id`, `MEMCG_OOM`).
+    pub fn enum_value(&self, name: &str) -> Result<u32> {
+        let mut types = self.btf.type_iter();
+        while let Ok(Some(t)) = types.next() {
+            if let Type::Enum(e) = &t {
+                for m in &e.members {
+                    if self.btf.resolve_name(m).ok().as_deref() == Some(name) {
+                        return Ok(m.val());
+                    }
+                }
+            }
+        }
+        bail!("enumerator {name} not found in kernel BTF")
+    }
+
+    fn size_of(&self, t: &Type) -> Result<u32> {
+        Ok(match t {
+            Type::Struct(s) | Type::Union(s) => s.size() as u32,
+            Type::Int(i) => i.size() as u32,
+            Type::Ptr(_) => 8,
+            Type::Enum(e) => e.size() as u32,
+            other => bail!("no size for BTF {}", other.name()),
+        })
+    }
+
+    /// Offset of the `idx`-th RSS counter inside `struct mm_struct`: the counter
+    /// `get_mm_counter()` reads, which is what the kernel prints in its OOM report.
+    fn mm_rss_counter(&self, idx: u32) -> Result<u32> {
+        let base = self.offset_of("mm_struct", &["rss_stat"])?;
+        match self.member_type("mm_struct", "rss_stat")? {
+            // 6.2+: struct percpu_counter rss_stat[NR_MM_COUNTERS]; `count` is the approximate sum.
+            Type::Array(a) => {
+                let elem = self.underlying(self.btf.resolve_chained_type(&a)?)?;
+                let stride = self.size_of(&elem)?;
+                let count = self.offset_of("percpu_counter", &["count"])?;
+                Ok(base + idx * stride + count)
+            }
+            // Older: struct mm_rss_stat { atomic_long_t count[NR_MM_COUNTERS]; }
+            Type::Struct(_) => Ok(base + self.offset_of("mm_rss_stat", &["count"])? + idx * 8),
+            other => bail!("mm_struct.rss_stat is a {}", other.name()),
+        }
+    }
+
+    /// `struct css_set` → `subsys[memory_cgrp_id]`.
+    fn cset_memcg_css(&self) -> Result<u32> {
+        let id = self.enum_value("memory_cgrp_id")?;
+        Ok(self.offset_of("css_set", &["subsys"])? + id * 8)
+    }
+
+    /// `memory_events_local[event]` inside `struct mem_cgroup`.
+    fn memcg_event_local(&self, event: &str) -> Result<u32> {
+        let idx = self.enum_value(event)?;
+        Ok(self.offset_of("mem_cgroup", &["memory_events_local"])? + idx * 8)
+    }
+
+    /// `kernfs_node.__parent` since 6.15, `kernfs_node.parent` before.
+    fn kn_parent(&self) -> Result<u32> {
+        self.offset_of("kernfs_node", &["__parent"])
+            .or_else(|_| self.offset_of("kernfs_node", &["parent"]))
+    }
+
+    /// Whether `tp_btf/mark_victim` hands the program the victim's `task_struct`
+    /// (kernels since 6.9 and the 5.10.235 / 6.1.130 backports) rather than just its pid.
+    pub fn mark_victim_has_task(&self) -> bool {
+        let Ok(types) = self.btf.resolve_types_by_name("btf_trace_mark_victim") else {
+            return false;
+        };
+        for t in types {
+            let Ok(Type::Ptr(p)) = self.underlying(t) else { continue };
+            let Ok(Type::FuncProto(fp)) = self.btf.resolve_chained_type(&p) else {
+                continue;
+            };
+            // (void *__data, struct task_struct *task, uid_t uid)
+            let Some(arg) = fp.parameters.get(1) else { return false };
+            let Ok(Type::Ptr(tp)) = self.btf.resolve_chained_type(arg) else { return false };
+            let Ok(target) = self.btf.resolve_chained_type(&tp) else { return false };
+            let name = target.as_btf_type().and_then(|bt| self.btf.resolve_name(bt).ok());
+            return name.as_deref() == Some("task_struct");
+        }
+        false
+    }
+
+    /// Resolves every offset the programs use. Missing members are listed, not fatal.
+    pub fn resolve(&self) -> Resolved {
+        let mut missing = Vec::new();
+        let mut get = |name: &'static str, r: Result<u32>| match r {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::debug!("BTF: {name}: {e:#}");
+                missing.push(name);
+                OFFSET_MISSING
+            }
+        };
+        let memcg_css = self.offset_of("mem_cgroup", &["css"]);
+        let offsets = KernelOffsets {
+            task_pid: get("task_struct.pid", self.offset_of("task_struct", &["pid"])),
+            task_tgid: get("task_struct.tgid", self.offset_of("task_struct", &["tgid"])),
+            task_comm: get("task_struct.comm", self.offset_of("task_struct", &["comm"])),
+            task_mm: get("task_struct.mm", self.offset_of("task_struct", &["mm"])),
+            task_signal: get("task_struct.signal", self.offset_of("task_struct", &["signal"])),
+            task_cgroups: get("task_struct.cgroups", self.offset_of("task_struct", &["cgroups"])),
+            task_real_cred: get(
+                "task_struct.real_cred",
+                self.offset_of("task_struct", &["real_cred"]),
+            ),
+            cred_uid: get("cred.uid", self.offset_of("cred", &["uid", "val"])),
+            signal_oom_score_adj: get(
+                "signal_struct.oom_score_adj",
+                self.offset_of("signal_struct", &["oom_score_adj"]),
+            ),
+            mm_total_vm: get("mm_struct.total_vm", self.offset_of("mm_struct", &["total_vm"])),
+            mm_pgtables_bytes: get(
+                "mm_struct.pgtables_bytes",
+                self.offset_of("mm_struct", &["pgtables_bytes"]),
+            ),
+            mm_rss_file: get(
+                "mm_struct.rss_stat[MM_FILEPAGES]",
+                self.enum_value("MM_FILEPAGES").and_then(|i| self.mm_rss_counter(i)),
+            ),
+            mm_rss_anon: get(
+                "mm_struct.rss_stat[MM_ANONPAGES]",
+                self.enum_value("MM_ANONPAGES").and_then(|i| self.mm_rss_counter(i)),
+            ),
+            mm_rss_shmem: get(
+                "mm_struct.rss_stat[MM_SHMEMPAGES]",
+                self.enum_value("MM_SHMEMPAGES").and_then(|i| self.mm_rss_counter(i)),
+            ),
+            mm_rss_swap: get(
+                "mm_struct.rss_stat[MM_SWAPENTS]",
+                self.enum_value("MM_SWAPENTS").and_then(|i| self.mm_rss_counter(i)),
+            ),
+            cset_memcg_css: get("css_set.subsys[memory_cgrp_id]", self.cset_memcg_css()),
+            cset_dfl_cgrp: get("css_set.dfl_cgrp", self.offset_of("css_set", &["dfl_cgrp"])),
+            css_cgroup: get(
+                "cgroup_subsys_state.cgroup",
+                self.offset_of("cgroup_subsys_state", &["cgroup"]),
+            ),
+            css_parent: get(
+                "cgroup_subsys_state.parent",
+                self.offset_of("cgroup_subsys_state", &["parent"]),
+            ),
+            cgroup_kn: get("cgroup.kn", self.offset_of("cgroup", &["kn"])),
+            kn_parent: get("kernfs_node.parent", self.kn_parent()),
+            kn_name: get("kernfs_node.name", self.offset_of("kernfs_node", &["name"])),
+            kn_id: get("kernfs_node.id", self.offset_of("kernfs_node", &["id"])),
+            memcg_usage: get(
+                "mem_cgroup.memory.usage",
+                self.offset_of("mem_cgroup", &["memory", "usage"]),
+            ),
+            memcg_max: get(
+                "mem_cgroup.memory.max",
+                self.offset_of("mem_cgroup", &["memory", "max"]),
+            ),
+            // cgroup v2 counts swap alone in `swap`; v1 shares the slot with `memsw`.
+            memcg_swap_usage: get(
+                "mem_cgroup.swap.usage",
+                self.offset_of("mem_cgroup", &["swap", "usage"]),
+            ),
+            memcg_swap_max: get(
+                "mem_cgroup.swap.max",
+                self.offset_of("mem_cgroup", &["swap", "max"]),
+            ),
+            memcg_oom_events_local: get(
+                "mem_cgroup.memory_events_local[MEMCG_OOM]",
+                self.memcg_event_local("MEMCG_OOM"),
+            ),
+            memcg_oom_kill_events_local: get(
+                "mem_cgroup.memory_events_local[MEMCG_OOM_KILL]",
+                self.memcg_event_local("MEMCG_OOM_KILL"),
+            ),
+            memcg_css: get("mem_cgroup.css", memcg_css),
+            oc_memcg: get("oom_control.memcg", self.offset_of("oom_control", &["memcg"])),
+            oc_gfp_mask: get("oom_control.gfp_mask", self.offset_of("oom_control", &["gfp_mask"])),
+            oc_order: get("oom_control.order", self.offset_of("oom_control", &["order"])),
+            oc_totalpages: get(
+                "oom_control.totalpages",
+                self.offset_of("oom_control", &["totalpages"]),
+            ),
+            oc_chosen: get("oom_control.chosen", self.offset_of("oom_control", &["chosen"])),
+            oc_chosen_points: get(
+                "oom_control.chosen_points",
+                self.offset_of("oom_control", &["chosen_points"]),
+            ),
+            oc_constraint: get(
+                "oom_control.constraint",
+                self.offset_of("oom_control", &["constraint"]),
+            ),
+            _pad: 0,
+        };
+        Resolved { offsets, missing }
+    }
+}

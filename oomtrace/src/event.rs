@@ -1,0 +1,339 @@
+//! The OOM kill event: what userspace prints and forwards, decoded from the kernel's record.
+//!
+//! Field names are stable (versioned by `schema`); a value the kernel did not give us is `null`,
+//! never 0, and each section says how its values were obtained (`source`).
+use crate::oom_domain::{Domain, DomainTracker};
+use oomtrace_common::{ctx_source, source, valid, CgroupLevel, MemcgLevel, OomEvent, MAX_CGROUP_DEPTH};
+use serde::{Deserialize, Serialize};
+
+pub const SCHEMA: &str = "oomtrace.oom_kill/v1";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OomKill {
+    pub schema: String,
+    /// When the kernel marked the victim (RFC 3339, nanoseconds, UTC).
+    pub time: String,
+    pub node: String,
+    pub victim: Victim,
+    pub trigger: Trigger,
+    pub oom: Oom,
+    pub cgroup: VictimCgroup,
+    /// Events dropped (ring buffer full) since the previous event was printed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_events: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Victim {
+    pub pid: Option<u32>,
+    pub tgid: Option<u32>,
+    pub comm: Option<String>,
+    pub uid: Option<u32>,
+    pub oom_score_adj: Option<i32>,
+    pub total_vm_bytes: Option<u64>,
+    pub rss_anon_bytes: Option<u64>,
+    pub rss_file_bytes: Option<u64>,
+    pub rss_shmem_bytes: Option<u64>,
+    pub swap_bytes: Option<u64>,
+    pub pgtables_bytes: Option<u64>,
+    /// `tp_btf:task_struct` (read from the victim's task) or `tracepoint:record`.
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Trigger {
+    pub pid: Option<u32>,
+    pub tgid: Option<u32>,
+    pub comm: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Oom {
+    /// `memcg`, `global`, `cpuset` or `mempolicy`.
+    pub constraint: Option<String>,
+    /// Path of the cgroup whose limit was hit (`/` for a global OOM).
+    pub cgroup: Option<String>,
+    pub cgroup_id: Option<u64>,
+    pub limit_bytes: Option<u64>,
+    pub usage_bytes: Option<u64>,
+    pub swap_limit_bytes: Option<u64>,
+    /// Allocation order and GFP mask of the failed allocation (oom_control hook only).
+    pub order: Option<i32>,
+    pub gfp_mask: Option<String>,
+    /// Size of the OOM domain (RAM + swap of the node or the cgroup) the kernel scored
+    /// victims against, in bytes. This is not the victim's memory.
+    pub domain_bytes: Option<u64>,
+    /// Sequence number of the OOM invocation (victims of one OOM share it).
+    pub invocation: Option<u64>,
+    /// How the values were obtained: `kernel:oom_control` (fentry/kprobe on
+    /// oom_kill_process), `kernel:memcg` (the victim's memcg ancestry read in the kernel at
+    /// the kill), `cgroupfs` (read from cgroupfs right after the kill), or `unknown`.
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct CgroupRef {
+    pub id: Option<u64>,
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct VictimCgroup {
+    /// The victim's cgroup v2 (unified hierarchy) cgroup.
+    pub id: Option<u64>,
+    pub path: Option<String>,
+    /// The victim's memory cgroup (the v1 memory hierarchy on hybrid hosts; on pure
+    /// cgroup v2 the nearest cgroup with the memory controller).
+    pub memory: CgroupRef,
+    /// `kernel` (read from the task at the kill) or `procfs` (/proc/<pid>/cgroup after it).
+    pub source: String,
+}
+
+/// Bytes of a fixed-size, possibly NUL-terminated kernel string.
+pub fn cstr(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+/// Reads an [`OomEvent`] out of a ring buffer record; `None` if it is too short.
+pub fn raw_from_bytes(b: &[u8]) -> Option<OomEvent> {
+    if b.len() < std::mem::size_of::<OomEvent>() {
+        return None;
+    }
+    // SAFETY: length checked; OomEvent is plain old data valid for any bit pattern.
+    Some(unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<OomEvent>()) })
+}
+
+/// Joins kernfs names from the root down to `levels[0]`. The root's own name is not part of
+/// any path.
+fn path_of<'a>(names: impl DoubleEndedIterator<Item = &'a [u8]>) -> String {
+    let mut parts: Vec<String> = names.rev().skip(1).map(cstr).collect();
+    parts.retain(|p| !p.is_empty());
+    format!("/{}", parts.join("/"))
+}
+
+/// The memcg ancestry as the kernel captured it, `[0]` = the victim's memcg.
+pub fn memcg_levels(raw: &OomEvent) -> &[MemcgLevel] {
+    if raw.valid & valid::MEMCG_CHAIN == 0 {
+        return &[];
+    }
+    &raw.memcg[..(raw.memcg_depth as usize).min(MAX_CGROUP_DEPTH)]
+}
+
+fn dfl_levels(raw: &OomEvent) -> &[CgroupLevel] {
+    if raw.valid & valid::DFL_CHAIN == 0 {
+        return &[];
+    }
+    &raw.dfl[..(raw.dfl_depth as usize).min(MAX_CGROUP_DEPTH)]
+}
+
+/// Path of `levels[i]` (its name and those of its ancestors).
+pub fn memcg_path(levels: &[MemcgLevel], i: usize) -> String {
+    path_of(levels[i..].iter().map(|l| &l.name[..]))
+}
+
+/// Turns kernel records into events: clock conversion, units, OOM domain.
+pub struct Decoder {
+    pub node: String,
+    page_size: u64,
+    domain: DomainTracker,
+}
+
+impl Decoder {
+    pub fn new(node: String, domain: DomainTracker) -> Self {
+        // SAFETY: sysconf has no preconditions.
+        let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+        Self { node, page_size, domain }
+    }
+
+    pub fn decode(&mut self, raw: &OomEvent, lost_events: u64) -> OomKill {
+        let v = raw.valid;
+        let has = |bit| v & bit != 0;
+        let page = self.page_size;
+        // Pages from the task, kB from the classic tracepoint's record.
+        let unit = if has(valid::FROM_TRACEPOINT_RECORD) { 1024 } else { page };
+        let opt = |bit, val: u64| has(bit).then_some(val);
+
+        let victim = Victim {
+            pid: opt(valid::VICTIM_TASK, raw.victim_pid as u64).map(|p| p as u32),
+            tgid: (has(valid::VICTIM_TASK) && raw.victim_tgid != 0).then_some(raw.victim_tgid),
+            comm: has(valid::VICTIM_COMM).then(|| cstr(&raw.victim_comm)),
+            uid: has(valid::VICTIM_UID).then_some(raw.victim_uid),
+            oom_score_adj: has(valid::OOM_SCORE_ADJ).then_some(raw.oom_score_adj),
+            total_vm_bytes: opt(valid::TOTAL_VM, raw.total_vm.saturating_mul(unit)),
+            rss_anon_bytes: opt(valid::RSS, raw.rss_anon.saturating_mul(unit)),
+            rss_file_bytes: opt(valid::RSS, raw.rss_file.saturating_mul(unit)),
+            rss_shmem_bytes: opt(valid::RSS, raw.rss_shmem.saturating_mul(unit)),
+            swap_bytes: opt(valid::RSS_SWAP, raw.rss_swap.saturating_mul(page)),
+            pgtables_bytes: opt(
+                valid::PGTABLES,
+                if has(valid::FROM_TRACEPOINT_RECORD) { raw.pgtables * 1024 } else { raw.pgtables },
+            ),
+            source: match raw.source {
+                source::TP_BTF => "tp_btf:task_struct",
+                source::TRACEPOINT if has(valid::FROM_TRACEPOINT_RECORD) => "tracepoint:record",
+                source::TRACEPOINT => "tracepoint:pid",
+                _ => "unknown",
+            }
+            .into(),
+        };
+        let trigger = Trigger {
+            pid: Some(raw.trigger_pid),
+            tgid: Some(raw.trigger_tgid),
+            comm: Some(cstr(&raw.trigger_comm)),
+        };
+
+        let memcg = memcg_levels(raw);
+        let dfl = dfl_levels(raw);
+        let mut cgroup = VictimCgroup {
+            id: dfl.first().map(|l| l.id),
+            path: (!dfl.is_empty()).then(|| path_of(dfl.iter().map(|l| &l.name[..]))),
+            memory: CgroupRef {
+                id: memcg.first().map(|l| l.id),
+                path: (!memcg.is_empty()).then(|| memcg_path(memcg, 0)),
+            },
+            source: "kernel".into(),
+        };
+        if dfl.is_empty() && memcg.is_empty() {
+            cgroup.source = "unknown".into();
+            if let Some((v2, mem)) = victim.pid.and_then(crate::cgroup_fs::proc_cgroups) {
+                cgroup.path = v2;
+                cgroup.memory.path = mem;
+                cgroup.source = "procfs".into();
+            }
+        }
+
+        let ctx = has(valid::OOM_CONTEXT).then_some(&raw.ctx);
+        let oom = match self.domain.resolve(memcg, ctx, cgroup.memory.path.as_deref()) {
+            Domain::Context { constraint, cgroup: cg, cgroup_id, limit_pages, usage_pages, swap_limit_pages } => Oom {
+                constraint: Some(constraint.into()),
+                cgroup: cg,
+                cgroup_id,
+                limit_bytes: limit_pages.map(|p| p * page),
+                usage_bytes: usage_pages.map(|p| p * page),
+                swap_limit_bytes: swap_limit_pages.map(|p| p * page),
+                order: ctx.map(|c| c.order),
+                gfp_mask: ctx.map(|c| format!("{:#x}", c.gfp_mask)),
+                domain_bytes: ctx.map(|c| c.totalpages * page),
+                invocation: ctx.map(|c| c.seq),
+                source: match ctx.map(|c| c.source) {
+                    Some(ctx_source::FENTRY) => "kernel:oom_control(fentry)",
+                    Some(ctx_source::KPROBE) => "kernel:oom_control(kprobe)",
+                    _ => "kernel:oom_control",
+                }
+                .into(),
+            },
+            Domain::Memcg { index } => {
+                let l = &memcg[index];
+                let finite = |p: u64| (p < (1u64 << 50)).then_some(p * page);
+                Oom {
+                    constraint: Some("memcg".into()),
+                    cgroup: Some(memcg_path(memcg, index)),
+                    cgroup_id: Some(l.id),
+                    limit_bytes: finite(l.max_pages),
+                    usage_bytes: finite(l.usage_pages),
+                    swap_limit_bytes: finite(l.swap_max_pages),
+                    source: "kernel:memcg".into(),
+                    ..Default::default()
+                }
+            }
+            Domain::Cgroupfs { path, mem } => Oom {
+                constraint: Some("memcg".into()),
+                cgroup: Some(path),
+                limit_bytes: mem.limit_bytes,
+                usage_bytes: mem.usage_bytes,
+                swap_limit_bytes: mem.swap_limit_bytes,
+                source: "cgroupfs".into(),
+                ..Default::default()
+            },
+            Domain::Global { source } => Oom {
+                constraint: Some("global".into()),
+                cgroup: Some("/".into()),
+                source: source.into(),
+                ..Default::default()
+            },
+            Domain::Unknown => Oom { source: "unknown".into(), ..Default::default() },
+        };
+
+        OomKill {
+            schema: SCHEMA.into(),
+            time: boot_ns_to_rfc3339(raw.boot_ns),
+            node: self.node.clone(),
+            victim,
+            trigger,
+            oom,
+            cgroup,
+            lost_events: (lost_events > 0).then_some(lost_events),
+        }
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+/// Converts `bpf_ktime_get_boot_ns()` to wall-clock time, using the current offset between
+/// CLOCK_REALTIME and CLOCK_BOOTTIME.
+pub fn boot_ns_to_rfc3339(boot_ns: u64) -> String {
+    let offset = clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME);
+    let wall = boot_ns as i128 + offset;
+    let secs = wall.div_euclid(1_000_000_000) as i64;
+    let nanos = wall.rem_euclid(1_000_000_000) as u32;
+    chrono::DateTime::from_timestamp(secs, nanos)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> [u8; oomtrace_common::CGROUP_NAME_LEN] {
+        let mut n = [0u8; oomtrace_common::CGROUP_NAME_LEN];
+        n[..s.len()].copy_from_slice(s.as_bytes());
+        n
+    }
+
+    #[test]
+    fn paths_skip_the_root_name() {
+        let names = [name("leaf"), name("mid"), name("")];
+        assert_eq!(path_of(names.iter().map(|n| &n[..])), "/mid/leaf");
+        let root = [name("")];
+        assert_eq!(path_of(root.iter().map(|n| &n[..])), "/");
+    }
+
+    #[test]
+    fn short_records_are_rejected() {
+        assert!(raw_from_bytes(&[0u8; 16]).is_none());
+        let buf = vec![0u8; std::mem::size_of::<OomEvent>()];
+        let raw = raw_from_bytes(&buf).unwrap();
+        assert_eq!(raw.valid, 0);
+    }
+
+    #[test]
+    fn unknown_values_are_null() {
+        let buf = vec![0u8; std::mem::size_of::<OomEvent>()];
+        let raw = raw_from_bytes(&buf).unwrap();
+        let mut d = Decoder::new("n".into(), DomainTracker::new(None));
+        let ev = d.decode(&raw, 0);
+        let j = serde_json::to_value(&ev).unwrap();
+        assert!(j["victim"]["pid"].is_null());
+        assert!(j["victim"]["rss_anon_bytes"].is_null());
+        assert!(j["oom"]["limit_bytes"].is_null());
+        assert!(j.get("lost_events").is_none());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decoding_arbitrary_records_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..12000)) {
+            if let Some(raw) = raw_from_bytes(&bytes) {
+                let mut d = Decoder::new("n".into(), DomainTracker::new(None));
+                let ev = d.decode(&raw, 1);
+                serde_json::to_string(&ev).unwrap();
+            }
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! `oomtrace watch`: trace OOM kills on this host and print each one as it happens.
+use crate::cgroup_fs::Hierarchies;
+use crate::event::{Decoder, OomKill};
+use crate::oom_domain::DomainTracker;
+use crate::output::{Format, Printer};
+use crate::tracer::{ContextHook, Options, Tracer, VictimHook};
+use anyhow::Result;
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(Debug, clap::Args)]
+pub struct WatchArgs {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+    pub format: Format,
+    /// Exit 0 after printing this many kills.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// How to hook `oom:mark_victim`.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub victim_hook: VictimHook,
+    /// How to hook `oom_kill_process` for the OOM context.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub context_hook: ContextHook,
+    /// Size of the BPF ring buffer in bytes (power of two). Overflows are counted, not silent.
+    #[arg(long, default_value_t = 4 << 20)]
+    pub ring_buffer_bytes: u32,
+    /// Kernel BTF file (for kernels whose BTF is not at the default path).
+    #[arg(long, default_value = crate::btf_offsets::VMLINUX_BTF)]
+    pub btf: std::path::PathBuf,
+}
+
+/// Where a stream of kills goes; `watch` prints them, the daemon fans them out.
+pub trait Sink {
+    /// Returns false to stop.
+    fn kill(&mut self, ev: &OomKill) -> Result<bool>;
+}
+
+/// Runs the tracer until SIGINT/SIGTERM or until the sink says stop. Announces on stderr
+/// once the programs are attached, so people and scripts know it is live.
+pub async fn trace(opts: &Options, sink: &mut dyn Sink) -> Result<()> {
+    let mut tracer = Tracer::start(opts)?;
+    eprintln!("watching for OOM kills (strategy: {})", tracer.strategy);
+    let hierarchies = Hierarchies::detect()
+        .inspect_err(|e| tracing::warn!("cannot read cgroup mounts: {e:#}"))
+        .ok();
+    let mut decoder = Decoder::new(crate::node_name(), DomainTracker::new(hierarchies));
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut batch = Vec::new();
+    let mut lost_attached = 0u64; // lost events already reported on an event
+    let mut lost_warned = 0u64;
+    loop {
+        tokio::select! {
+            r = tracer.next_batch(&mut batch) => {
+                r?;
+                let lost_now = tracer.counters()?.lost;
+                for raw in batch.drain(..) {
+                    let ev = decoder.decode(&raw, lost_now - lost_attached);
+                    lost_attached = lost_now;
+                    if !sink.kill(&ev)? {
+                        return Ok(());
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                let c = tracer.counters()?;
+                if c.lost > lost_warned {
+                    tracing::warn!(
+                        "{} OOM kill events lost so far: the ring buffer was full (raise --ring-buffer-bytes)",
+                        c.lost
+                    );
+                    lost_warned = c.lost;
+                }
+                if tracer.malformed > 0 {
+                    tracing::warn!("{} malformed ring buffer records", tracer.malformed);
+                }
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    let c = tracer.counters()?;
+    tracing::info!(
+        "stopping: {} victims seen, {} lost, {} kernel read errors; detaching",
+        c.seen, c.lost, c.read_errors
+    );
+    Ok(())
+}
+
+struct PrintSink<W: std::io::Write> {
+    printer: Printer<W>,
+    left: Option<u64>,
+}
+
+impl<W: std::io::Write> Sink for PrintSink<W> {
+    fn kill(&mut self, ev: &OomKill) -> Result<bool> {
+        if let Err(e) = self.printer.print(ev) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                return Ok(false);
+            }
+            return Err(e.into());
+        }
+        if let Some(left) = self.left.as_mut() {
+            *left -= 1;
+            return Ok(*left > 0);
+        }
+        Ok(true)
+    }
+}
+
+pub async fn run(args: WatchArgs) -> Result<()> {
+    let opts = Options {
+        victim_hook: args.victim_hook,
+        context_hook: args.context_hook,
+        ring_buffer_bytes: args.ring_buffer_bytes,
+        btf: args.btf,
+    };
+    if args.count == Some(0) {
+        return Ok(());
+    }
+    let mut sink = PrintSink { printer: Printer::new(std::io::stdout(), args.format), left: args.count };
+    trace(&opts, &mut sink).await
+}

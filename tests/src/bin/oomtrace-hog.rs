@@ -1,0 +1,34 @@
+//! A bounded memory hog for OOM tests: `oomtrace-hog <MiB> <anon|shmem> <hold_ms>`.
+//! Grows by 1 MiB steps, touching every page so it is really charged, then holds what it has
+//! for `hold_ms` and exits 0 if nothing killed it.
+use std::io::Write;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let mib: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(256);
+    let kind = args.get(2).map(String::as_str).unwrap_or("anon");
+    let hold_ms: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(0);
+    const MIB: usize = 1 << 20;
+    let mut keep: Vec<*mut u8> = Vec::with_capacity(mib);
+    for _ in 0..mib {
+        let flags = match kind {
+            "shmem" => libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            _ => libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+        };
+        // SAFETY: fresh anonymous mapping, no aliasing.
+        let p = unsafe {
+            libc::mmap(std::ptr::null_mut(), MIB, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0)
+        };
+        if p == libc::MAP_FAILED {
+            std::process::exit(2);
+        }
+        let p = p.cast::<u8>();
+        for off in (0..MIB).step_by(4096) {
+            // SAFETY: inside the mapping just made.
+            unsafe { p.add(off).write_volatile(0xa5) };
+        }
+        keep.push(p);
+    }
+    let _ = writeln!(std::io::stdout(), "survived with {mib} MiB");
+    std::thread::sleep(std::time::Duration::from_millis(hold_ms));
+}

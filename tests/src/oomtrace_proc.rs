@@ -1,0 +1,123 @@
+//! A running `oomtrace watch -o json` (the real binary), read line by line.
+use crate::cgroup::sibling_binary;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+/// The daemon binary under test: `$OOMTRACE_BIN`, else next to the test executable.
+pub fn oomtrace_binary() -> std::path::PathBuf {
+    sibling_binary("oomtrace", "OOMTRACE_BIN")
+}
+
+pub struct Watch {
+    child: Child,
+    events: Receiver<Value>,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// The strategy line printed once attached.
+    pub strategy: String,
+}
+
+impl Watch {
+    /// Starts `oomtrace watch -o json <args>` and waits until it says it is attached.
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(oomtrace_binary())
+            .args(["watch", "-o", "json"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn oomtrace");
+        let (tx, events) = channel();
+        let out = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("oomtrace printed a line that is not JSON ({e}): {line}"));
+                if tx.send(v).is_err() {
+                    return;
+                }
+            }
+        });
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (ready_tx, ready) = channel();
+        let err = child.stderr.take().expect("stderr");
+        let keep = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if line.starts_with("watching for OOM kills") {
+                    let _ = ready_tx.send(line.clone());
+                }
+                keep.lock().expect("lock").push(line);
+            }
+        });
+        let mut w = Watch { child, events, stderr, strategy: String::new() };
+        match ready.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => w.strategy = line,
+            Err(_) => panic!("oomtrace did not attach within 60 s; stderr:\n{}", w.stderr_text()),
+        }
+        w
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().expect("lock").join("\n")
+    }
+
+    /// Collects events until `pred` has matched `n` of them or `timeout` passes. Returns the
+    /// matching events only.
+    pub fn collect(&self, n: usize, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        let mut got = Vec::new();
+        while got.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(v) if pred(&v) => got.push(v),
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        got
+    }
+
+    /// Events still arriving within `quiet` that match `pred` (to prove there are no extras).
+    pub fn extra(&self, quiet: Duration, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+        self.collect(usize::MAX, quiet, pred)
+    }
+
+    /// SIGTERM, then waits for a clean exit; returns the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        // SAFETY: plain syscall on our child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "oomtrace did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `victim.pid == pid`.
+pub fn victim_is(pid: u32) -> impl Fn(&Value) -> bool {
+    move |v| v["victim"]["pid"].as_u64() == Some(pid as u64)
+}
+
+/// The victim's memory cgroup path starts with `prefix`.
+pub fn in_cgroup(prefix: String) -> impl Fn(&Value) -> bool {
+    move |v| {
+        v["cgroup"]["memory"]["path"]
+            .as_str()
+            .is_some_and(|p| p == prefix || p.starts_with(&format!("{prefix}/")))
+    }
+}

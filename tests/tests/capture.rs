@@ -1,0 +1,180 @@
+//! Every OOM kill is captured and reported right: real memcg OOM kills, real BPF programs,
+//! the kernel's own log and counters as the oracle.
+use oomtrace_tests::cgroup::{Hog, HogKind, TestCgroup, Version};
+use oomtrace_tests::kmsg::Kmsg;
+use oomtrace_tests::oomtrace_proc::{in_cgroup, victim_is, Watch};
+use oomtrace_tests::require_root_and_btf;
+use serde_json::Value;
+use std::os::unix::process::ExitStatusExt;
+use std::time::Duration;
+
+const MIB: u64 = 1 << 20;
+
+fn within(actual: u64, expected: u64, pct: f64) -> bool {
+    (actual as f64 - expected as f64).abs() <= expected as f64 * pct / 100.0 + 8192.0
+}
+
+/// Kills one hog in a cgroup with a 64 MiB limit under `watch_args`, checks the event
+/// against the kernel's own report, and returns it.
+fn one_kill(watch_args: &[&str], kind: HogKind) -> Value {
+    require_root_and_btf();
+    let cg = TestCgroup::new("oomtrace-one").unwrap();
+    cg.set_limit(64 * MIB).unwrap();
+    let mut kmsg = Kmsg::open().unwrap();
+    let w = Watch::start(watch_args);
+
+    let hog = Hog { kind, ..Hog::anon(256) };
+    let mut child = cg.spawn_hog(&hog).unwrap();
+    let pid = child.id();
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "the hog should have been OOM-killed");
+
+    let evs = w.collect(1, Duration::from_secs(30), in_cgroup(cg.rel.clone()));
+    assert_eq!(evs.len(), 1, "no event for the kill; oomtrace stderr:\n{}", w.stderr_text());
+    let extra = w.extra(Duration::from_millis(700), in_cgroup(cg.rel.clone()));
+    assert!(extra.is_empty(), "one kill, several events: {extra:?}");
+    let e = evs[0].clone();
+
+    assert_eq!(e["schema"], "oomtrace.oom_kill/v1");
+    assert!(chrono_like(&e["time"]), "time is RFC 3339 with ns: {}", e["time"]);
+    assert_eq!(e["victim"]["pid"], pid);
+    assert_eq!(e["victim"]["comm"], "oomtrace-hog");
+    assert_eq!(e["oom"]["constraint"], "memcg", "{e:#}");
+    assert_eq!(e["oom"]["cgroup"], cg.rel.as_str(), "{e:#}");
+    assert_eq!(e["oom"]["limit_bytes"], 64 * MIB, "{e:#}");
+    let usage = e["oom"]["usage_bytes"].as_u64().expect("usage known");
+    assert!(usage <= 64 * MIB && usage + 2 * MIB >= 64 * MIB, "usage {usage} not at the limit");
+    assert_eq!(e["cgroup"]["memory"]["path"], cg.rel.as_str());
+    if cg.version == Version::V2 {
+        assert_eq!(e["cgroup"]["path"], cg.rel.as_str());
+    }
+    assert!(e["cgroup"]["memory"]["id"].as_u64().is_some_and(|id| id > 1));
+    assert!(e.get("lost_events").is_none(), "no events may be lost here: {e:#}");
+
+    let k = kmsg
+        .wait_killed(pid, Duration::from_secs(10))
+        .expect("the kernel printed no `Killed process` line for the hog");
+    assert_eq!(e["victim"]["comm"], k.comm.as_str());
+    assert_eq!(e["victim"]["uid"], k.uid);
+    assert_eq!(e["victim"]["oom_score_adj"], k.oom_score_adj);
+    let (ours, theirs) = match kind {
+        HogKind::Anon => (e["victim"]["rss_anon_bytes"].as_u64().unwrap(), k.anon_rss_kb * 1024),
+        HogKind::Shmem => (e["victim"]["rss_shmem_bytes"].as_u64().unwrap(), k.shmem_rss_kb * 1024),
+    };
+    assert!(theirs > 32 * MIB, "kernel reported only {theirs} bytes");
+    assert!(within(ours, theirs, 5.0), "rss {ours} vs kernel {theirs}: {e:#}");
+    assert!(within(e["victim"]["total_vm_bytes"].as_u64().unwrap(), k.total_vm_kb * 1024, 5.0));
+    e
+}
+
+fn chrono_like(v: &Value) -> bool {
+    v.as_str().is_some_and(|s| s.len() >= 30 && s.ends_with('Z') && s.contains('T') && s.contains('.'))
+}
+
+#[test]
+fn memcg_kill_is_reported_once_with_limit_usage_and_rss() {
+    let e = one_kill(&[], HogKind::Anon);
+    assert_eq!(e["victim"]["source"], "tp_btf:task_struct");
+    // The hog charged the memory itself: it triggered its own OOM.
+    assert_eq!(e["trigger"]["pid"], e["victim"]["pid"]);
+    assert_eq!(e["trigger"]["comm"], "oomtrace-hog");
+}
+
+#[test]
+fn classic_tracepoint_strategy_reports_the_same_kill() {
+    let e = one_kill(&["--victim-hook", "tracepoint"], HogKind::Anon);
+    assert!(
+        e["victim"]["source"].as_str().unwrap().starts_with("tracepoint"),
+        "{}",
+        e["victim"]["source"]
+    );
+}
+
+#[test]
+fn shmem_growth_is_reported_as_shmem() {
+    let e = one_kill(&[], HogKind::Shmem);
+    let shmem = e["victim"]["rss_shmem_bytes"].as_u64().unwrap();
+    let anon = e["victim"]["rss_anon_bytes"].as_u64().unwrap();
+    assert!(shmem > 10 * anon, "shmem {shmem} vs anon {anon}");
+}
+
+#[test]
+fn parent_survives_while_its_child_is_killed() {
+    require_root_and_btf();
+    let cg = TestCgroup::new("oomtrace-parent").unwrap();
+    cg.set_limit(48 * MIB).unwrap();
+    let w = Watch::start(&[]);
+    let hog = Hog::anon(256).command();
+    let script = format!("{:?} 256 anon 0; echo child-exit=$?", hog.get_program());
+    let out = cg
+        .spawn(std::process::Command::new("sh").args(["-c", &script]).stdout(std::process::Stdio::piped()))
+        .unwrap();
+    let parent = out.id();
+    let out = out.wait_with_output().unwrap();
+    assert!(out.status.success(), "the parent shell must survive");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "child-exit=137");
+
+    let evs = w.collect(1, Duration::from_secs(30), in_cgroup(cg.rel.clone()));
+    assert_eq!(evs.len(), 1, "stderr:\n{}", w.stderr_text());
+    let e = &evs[0];
+    assert_ne!(e["victim"]["pid"], parent);
+    assert_eq!(e["victim"]["comm"], "oomtrace-hog");
+    assert!(w.extra(Duration::from_millis(500), in_cgroup(cg.rel.clone())).is_empty());
+}
+
+#[test]
+fn burst_of_kills_across_cgroups_loses_nothing() {
+    require_root_and_btf();
+    const CGROUPS: usize = 5;
+    const KILLS_EACH: usize = 12;
+    let cgs: Vec<TestCgroup> = (0..CGROUPS)
+        .map(|_| {
+            let cg = TestCgroup::new("oomtrace-burst").unwrap();
+            cg.set_limit(16 * MIB).unwrap();
+            cg
+        })
+        .collect();
+    let w = Watch::start(&[]);
+    let before: Vec<u64> = cgs.iter().map(TestCgroup::oom_kills).collect();
+    let pids: Vec<u32> = std::thread::scope(|s| {
+        let handles: Vec<_> = cgs
+            .iter()
+            .map(|cg| {
+                s.spawn(move || {
+                    (0..KILLS_EACH)
+                        .map(|_| {
+                            let mut c = cg.spawn_hog(&Hog::anon(64)).unwrap();
+                            let pid = c.id();
+                            assert_eq!(c.wait().unwrap().signal(), Some(libc::SIGKILL));
+                            pid
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    let kernel: u64 = cgs.iter().zip(&before).map(|(cg, b)| cg.oom_kills() - b).sum();
+    assert_eq!(kernel as usize, CGROUPS * KILLS_EACH, "the kernel counted a different number of kills");
+
+    let ours = |v: &Value| cgs.iter().any(|cg| in_cgroup(cg.rel.clone())(v));
+    let evs = w.collect(kernel as usize, Duration::from_secs(60), ours);
+    assert_eq!(evs.len() as u64, kernel, "events vs kernel oom_kill counters; stderr:\n{}", w.stderr_text());
+    assert!(w.extra(Duration::from_secs(1), ours).is_empty());
+    for pid in &pids {
+        assert!(evs.iter().any(|e| victim_is(*pid)(e)), "no event for pid {pid}");
+    }
+    assert!(evs.iter().all(|e| e.get("lost_events").is_none()));
+    for e in &evs {
+        assert_eq!(e["oom"]["limit_bytes"], 16 * MIB);
+        assert_eq!(e["oom"]["cgroup"], e["cgroup"]["memory"]["path"]);
+    }
+}
+
+#[test]
+fn sigterm_detaches_and_exits_cleanly() {
+    require_root_and_btf();
+    let w = Watch::start(&[]);
+    let status = w.stop();
+    assert!(status.success(), "exit status {status:?}");
+}
