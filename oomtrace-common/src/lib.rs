@@ -28,6 +28,11 @@ pub struct KernelOffsets {
     pub task_signal: u32,
     pub task_cgroups: u32,
     pub task_real_cred: u32,
+    pub task_thread_pid: u32,
+    // struct pid / struct upid: the task's pid as seen in its own pid namespace
+    pub pid_level: u32,
+    pub pid_numbers: u32,
+    pub upid_size: u32,
     // struct cred
     pub cred_uid: u32,
     // struct signal_struct
@@ -68,7 +73,6 @@ pub struct KernelOffsets {
     pub oc_chosen: u32,
     pub oc_chosen_points: u32,
     pub oc_constraint: u32,
-    pub _pad: u32,
 }
 
 impl KernelOffsets {
@@ -81,6 +85,10 @@ impl KernelOffsets {
         task_signal: OFFSET_MISSING,
         task_cgroups: OFFSET_MISSING,
         task_real_cred: OFFSET_MISSING,
+        task_thread_pid: OFFSET_MISSING,
+        pid_level: OFFSET_MISSING,
+        pid_numbers: OFFSET_MISSING,
+        upid_size: OFFSET_MISSING,
         cred_uid: OFFSET_MISSING,
         signal_oom_score_adj: OFFSET_MISSING,
         mm_total_vm: OFFSET_MISSING,
@@ -111,7 +119,6 @@ impl KernelOffsets {
         oc_chosen: OFFSET_MISSING,
         oc_chosen_points: OFFSET_MISSING,
         oc_constraint: OFFSET_MISSING,
-        _pad: 0,
     };
 }
 
@@ -165,6 +172,7 @@ pub mod valid {
     pub const FROM_TRACEPOINT_RECORD: u32 = 1 << 11;
     /// A cgroup chain was cut at MAX_CGROUP_DEPTH.
     pub const CHAIN_TRUNCATED: u32 = 1 << 12;
+    pub const NS_PID: u32 = 1 << 13;
 }
 
 /// How the program that produced the event was attached.
@@ -240,6 +248,9 @@ pub struct OomEvent {
     pub victim_tgid: u32,
     pub victim_uid: u32,
     pub oom_score_adj: i32,
+    /// The victim's pid inside its own pid namespace (1 = a container's main process).
+    pub victim_ns_pid: u32,
+    pub _pad: u32,
     /// Pages from the task; kB where FROM_TRACEPOINT_RECORD is set.
     pub total_vm: u64,
     pub rss_anon: u64,

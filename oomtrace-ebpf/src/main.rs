@@ -102,6 +102,17 @@ unsafe fn fill_from_task(ev: &mut OomEvent, task: u64, uid: Option<u32>) {
         ev.victim_tgid = tgid;
         v |= valid::VICTIM_TASK;
     }
+    // The pid in the task's own namespace: thread_pid->numbers[thread_pid->level].nr
+    let tpid = unsafe { read_ptr(task, o.task_thread_pid) };
+    if let Some(level) = unsafe { read::<u32>(tpid, o.pid_level) } {
+        if o.pid_numbers != OFFSET_MISSING && o.upid_size != OFFSET_MISSING && level < 64 {
+            let at = o.pid_numbers as u64 + level as u64 * o.upid_size as u64;
+            if let Some(nr) = unsafe { read::<i32>(tpid + at, 0) } {
+                ev.victim_ns_pid = nr as u32;
+                v |= valid::NS_PID;
+            }
+        }
+    }
     if let Some(comm) = unsafe { read::<[u8; 16]>(task, o.task_comm) } {
         ev.victim_comm = comm;
         v |= valid::VICTIM_COMM;
@@ -227,6 +238,8 @@ fn begin_event(src: u32) -> Option<aya_ebpf::maps::ring_buf::RingBufEntry<OomEve
     ev.victim_tgid = 0;
     ev.victim_uid = 0;
     ev.oom_score_adj = 0;
+    ev.victim_ns_pid = 0;
+    ev._pad = 0;
     ev.total_vm = 0;
     ev.rss_anon = 0;
     ev.rss_file = 0;

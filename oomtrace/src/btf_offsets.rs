@@ -226,6 +226,13 @@ impl KernelBtf {
                 "task_struct.real_cred",
                 self.offset_of("task_struct", &["real_cred"]),
             ),
+            task_thread_pid: get(
+                "task_struct.thread_pid",
+                self.offset_of("task_struct", &["thread_pid"]),
+            ),
+            pid_level: get("pid.level", self.offset_of("pid", &["level"])),
+            pid_numbers: get("pid.numbers", self.offset_of("pid", &["numbers"])),
+            upid_size: get("sizeof(struct upid)", self.named_struct("upid").map(|s| s.size() as u32)),
             cred_uid: get("cred.uid", self.offset_of("cred", &["uid", "val"])),
             signal_oom_score_adj: get(
                 "signal_struct.oom_score_adj",
@@ -308,7 +315,6 @@ impl KernelBtf {
                 "oom_control.constraint",
                 self.offset_of("oom_control", &["constraint"]),
             ),
-            _pad: 0,
         };
         Resolved { offsets, missing }
     }

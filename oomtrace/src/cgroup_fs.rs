@@ -62,11 +62,22 @@ impl Hierarchies {
         Self { unified, memory }
     }
 
+    /// Directory of a cgroup v2 cgroup given its path relative to the unified root.
+    pub fn unified_dir(&self, rel: &str) -> Option<PathBuf> {
+        Some(self.unified.as_ref()?.join(rel.trim_start_matches('/')))
+    }
+
     /// Directory of a memory cgroup given its path relative to the hierarchy root.
     pub fn memory_dir(&self, rel: &str) -> Option<PathBuf> {
         let (_, root) = self.memory.as_ref()?;
         Some(root.join(rel.trim_start_matches('/')))
     }
+}
+
+/// The kernel's id of a cgroup: its kernfs node id, which is the directory's inode number.
+pub fn cgroup_id(dir: PathBuf) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).ok().map(|m| m.ino())
 }
 
 /// mountinfo escapes spaces and the like as `\040`.

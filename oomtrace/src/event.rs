@@ -2,6 +2,7 @@
 //!
 //! Field names are stable (versioned by `schema`); a value the kernel did not give us is `null`,
 //! never 0, and each section says how its values were obtained (`source`).
+use crate::cgroup_fs::{self, Hierarchies};
 use crate::oom_domain::{Domain, DomainTracker};
 use oomtrace_common::{ctx_source, source, valid, CgroupLevel, MemcgLevel, OomEvent, MAX_CGROUP_DEPTH};
 use serde::{Deserialize, Serialize};
@@ -29,6 +30,8 @@ pub struct Victim {
     pub tgid: Option<u32>,
     pub comm: Option<String>,
     pub uid: Option<u32>,
+    /// pid inside the victim's own pid namespace.
+    pub ns_pid: Option<u32>,
     pub oom_score_adj: Option<i32>,
     pub total_vm_bytes: Option<u64>,
     pub rss_anon_bytes: Option<u64>,
@@ -136,14 +139,16 @@ pub fn memcg_path(levels: &[MemcgLevel], i: usize) -> String {
 pub struct Decoder {
     pub node: String,
     page_size: u64,
+    hierarchies: Option<Hierarchies>,
     domain: DomainTracker,
 }
 
 impl Decoder {
-    pub fn new(node: String, domain: DomainTracker) -> Self {
+    pub fn new(node: String, hierarchies: Option<Hierarchies>) -> Self {
         // SAFETY: sysconf has no preconditions.
         let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
-        Self { node, page_size, domain }
+        let domain = DomainTracker::new(hierarchies.clone());
+        Self { node, page_size, hierarchies, domain }
     }
 
     pub fn decode(&mut self, raw: &OomEvent, lost_events: u64) -> OomKill {
@@ -159,6 +164,7 @@ impl Decoder {
             tgid: (has(valid::VICTIM_TASK) && raw.victim_tgid != 0).then_some(raw.victim_tgid),
             comm: has(valid::VICTIM_COMM).then(|| cstr(&raw.victim_comm)),
             uid: has(valid::VICTIM_UID).then_some(raw.victim_uid),
+            ns_pid: has(valid::NS_PID).then_some(raw.victim_ns_pid),
             oom_score_adj: has(valid::OOM_SCORE_ADJ).then_some(raw.oom_score_adj),
             total_vm_bytes: opt(valid::TOTAL_VM, raw.total_vm.saturating_mul(unit)),
             rss_anon_bytes: opt(valid::RSS, raw.rss_anon.saturating_mul(unit)),
@@ -167,7 +173,7 @@ impl Decoder {
             swap_bytes: opt(valid::RSS_SWAP, raw.rss_swap.saturating_mul(page)),
             pgtables_bytes: opt(
                 valid::PGTABLES,
-                if has(valid::FROM_TRACEPOINT_RECORD) { raw.pgtables * 1024 } else { raw.pgtables },
+                if has(valid::FROM_TRACEPOINT_RECORD) { raw.pgtables.saturating_mul(1024) } else { raw.pgtables },
             ),
             source: match raw.source {
                 source::TP_BTF => "tp_btf:task_struct",
@@ -197,6 +203,11 @@ impl Decoder {
         if dfl.is_empty() && memcg.is_empty() {
             cgroup.source = "unknown".into();
             if let Some((v2, mem)) = victim.pid.and_then(crate::cgroup_fs::proc_cgroups) {
+                if let Some(h) = &self.hierarchies {
+                    cgroup.id = v2.as_deref().and_then(|p| h.unified_dir(p)).and_then(cgroup_fs::cgroup_id);
+                    cgroup.memory.id =
+                        mem.as_deref().and_then(|p| h.memory_dir(p)).and_then(cgroup_fs::cgroup_id);
+                }
                 cgroup.path = v2;
                 cgroup.memory.path = mem;
                 cgroup.source = "procfs".into();
@@ -209,12 +220,12 @@ impl Decoder {
                 constraint: Some(constraint.into()),
                 cgroup: cg,
                 cgroup_id,
-                limit_bytes: limit_pages.map(|p| p * page),
-                usage_bytes: usage_pages.map(|p| p * page),
-                swap_limit_bytes: swap_limit_pages.map(|p| p * page),
+                limit_bytes: limit_pages.map(|p| p.saturating_mul(page)),
+                usage_bytes: usage_pages.map(|p| p.saturating_mul(page)),
+                swap_limit_bytes: swap_limit_pages.map(|p| p.saturating_mul(page)),
                 order: ctx.map(|c| c.order),
                 gfp_mask: ctx.map(|c| format!("{:#x}", c.gfp_mask)),
-                domain_bytes: ctx.map(|c| c.totalpages * page),
+                domain_bytes: ctx.map(|c| c.totalpages.saturating_mul(page)),
                 invocation: ctx.map(|c| c.seq),
                 source: match ctx.map(|c| c.source) {
                     Some(ctx_source::FENTRY) => "kernel:oom_control(fentry)",
@@ -317,7 +328,7 @@ mod tests {
     fn unknown_values_are_null() {
         let buf = vec![0u8; std::mem::size_of::<OomEvent>()];
         let raw = raw_from_bytes(&buf).unwrap();
-        let mut d = Decoder::new("n".into(), DomainTracker::new(None));
+        let mut d = Decoder::new("n".into(), None);
         let ev = d.decode(&raw, 0);
         let j = serde_json::to_value(&ev).unwrap();
         assert!(j["victim"]["pid"].is_null());
@@ -330,7 +341,7 @@ mod tests {
         #[test]
         fn decoding_arbitrary_records_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..12000)) {
             if let Some(raw) = raw_from_bytes(&bytes) {
-                let mut d = Decoder::new("n".into(), DomainTracker::new(None));
+                let mut d = Decoder::new("n".into(), None);
                 let ev = d.decode(&raw, 1);
                 serde_json::to_string(&ev).unwrap();
             }

@@ -1,7 +1,6 @@
 //! `oomtrace watch`: trace OOM kills on this host and print each one as it happens.
 use crate::cgroup_fs::Hierarchies;
 use crate::event::{Decoder, OomKill};
-use crate::oom_domain::DomainTracker;
 use crate::output::{Format, Printer};
 use crate::tracer::{ContextHook, Options, Tracer, VictimHook};
 use anyhow::Result;
@@ -39,14 +38,14 @@ pub trait Sink {
 /// Runs the tracer until SIGINT/SIGTERM or until the sink says stop. Announces on stderr
 /// once the programs are attached, so people and scripts know it is live.
 pub async fn trace(opts: &Options, sink: &mut dyn Sink) -> Result<()> {
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
     let mut tracer = Tracer::start(opts)?;
-    eprintln!("watching for OOM kills (strategy: {})", tracer.strategy);
     let hierarchies = Hierarchies::detect()
         .inspect_err(|e| tracing::warn!("cannot read cgroup mounts: {e:#}"))
         .ok();
-    let mut decoder = Decoder::new(crate::node_name(), DomainTracker::new(hierarchies));
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut decoder = Decoder::new(crate::node_name(), hierarchies);
+    eprintln!("watching for OOM kills (strategy: {})", tracer.strategy);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut batch = Vec::new();
     let mut lost_attached = 0u64; // lost events already reported on an event

@@ -1,5 +1,6 @@
-//! Development tasks: `cargo xtask setup | test | vm-test`.
+//! Development tasks: `cargo xtask setup | watch | test | vm-test`.
 mod setup;
+mod test;
 mod vm;
 
 use clap::{Parser, Subcommand};
@@ -15,6 +16,14 @@ struct Cli {
 enum Cmd {
     /// Install what building the eBPF programs needs (idempotent, fast when already done).
     Setup,
+    /// Build oomtrace (release) and run `oomtrace watch` with these arguments.
+    Watch {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The whole test suite: unit tests, the integration suite on this host (as root), then
+    /// the integration suite inside VMs on other kernels.
+    Test(test::Args),
     /// Boot Debian kernels under QEMU and run the integration suite inside, as root.
     VmTest(vm::Args),
 }
@@ -22,6 +31,8 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Setup => setup::run(),
+        Cmd::Watch { args } => test::watch(&args),
+        Cmd::Test(args) => test::run(args),
         Cmd::VmTest(args) => vm::run(args),
     }
 }
