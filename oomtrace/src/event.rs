@@ -19,6 +19,9 @@ pub struct OomKill {
     pub trigger: Trigger,
     pub oom: Oom,
     pub cgroup: VictimCgroup,
+    /// Pod and container of the victim, when it lived under kubepods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k8s: Option<crate::k8s::attribution::K8s>,
     /// Events dropped (ring buffer full) since the previous event was printed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost_events: Option<u64>,
@@ -39,6 +42,11 @@ pub struct Victim {
     pub rss_shmem_bytes: Option<u64>,
     pub swap_bytes: Option<u64>,
     pub pgtables_bytes: Option<u64>,
+    /// For a victim inside a Kubernetes container: whether it was the container's main
+    /// process (PID 1 of its pid namespace: the container restarts) or not (the pod keeps
+    /// running and only this event tells).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_init: Option<bool>,
     /// `tp_btf:task_struct` (read from the victim's task) or `tracepoint:record`.
     pub source: String,
 }
@@ -175,6 +183,7 @@ impl Decoder {
                 valid::PGTABLES,
                 if has(valid::FROM_TRACEPOINT_RECORD) { raw.pgtables.saturating_mul(1024) } else { raw.pgtables },
             ),
+            container_init: None,
             source: match raw.source {
                 source::TP_BTF => "tp_btf:task_struct",
                 source::TRACEPOINT if has(valid::FROM_TRACEPOINT_RECORD) => "tracepoint:record",
@@ -274,6 +283,7 @@ impl Decoder {
             trigger,
             oom,
             cgroup,
+            k8s: None,
             lost_events: (lost_events > 0).then_some(lost_events),
         }
     }

@@ -1,6 +1,8 @@
 //! `oomtrace watch`: trace OOM kills on this host and print each one as it happens.
 use crate::cgroup_fs::Hierarchies;
 use crate::event::{Decoder, OomKill};
+use crate::k8s::attribution::Attributor;
+use crate::k8s::pod_index::{self, PodIndex};
 use crate::output::{Format, Printer};
 use crate::tracer::{ContextHook, Options, Tracer, VictimHook};
 use anyhow::Result;
@@ -27,6 +29,35 @@ pub struct WatchArgs {
     /// Kernel BTF file (for kernels whose BTF is not at the default path).
     #[arg(long, default_value = crate::btf_offsets::VMLINUX_BTF)]
     pub btf: std::path::PathBuf,
+    #[command(flatten)]
+    pub k8s: KubeArgs,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct KubeArgs {
+    /// kubeconfig for pod attribution (default: $KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(long)]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// How long a deleted pod stays known, so kills around its deletion are still attributed.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub tombstone_ttl: Duration,
+    /// Run without Kubernetes attribution even if a kubeconfig is found.
+    #[arg(long)]
+    pub no_kubernetes: bool,
+}
+
+impl KubeArgs {
+    /// The pod index for this node, or none when there is no Kubernetes here.
+    pub async fn attributor(&self) -> Result<Attributor> {
+        if self.no_kubernetes {
+            return Ok(Attributor::new(None));
+        }
+        let client = match &self.kubeconfig {
+            Some(path) => Some(pod_index::client_from_kubeconfig(path).await?),
+            None => pod_index::client_from_env().await?,
+        };
+        Ok(Attributor::new(client.map(|c| PodIndex::spawn(c, crate::node_name(), self.tombstone_ttl))))
+    }
 }
 
 /// Where a stream of kills goes; `watch` prints them, the daemon fans them out.
@@ -37,7 +68,7 @@ pub trait Sink {
 
 /// Runs the tracer until SIGINT/SIGTERM or until the sink says stop. Announces on stderr
 /// once the programs are attached, so people and scripts know it is live.
-pub async fn trace(opts: &Options, sink: &mut dyn Sink) -> Result<()> {
+pub async fn trace(opts: &Options, attributor: &Attributor, sink: &mut dyn Sink) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tracer = Tracer::start(opts)?;
@@ -56,7 +87,8 @@ pub async fn trace(opts: &Options, sink: &mut dyn Sink) -> Result<()> {
                 r?;
                 let lost_now = tracer.counters()?.lost;
                 for raw in batch.drain(..) {
-                    let ev = decoder.decode(&raw, lost_now - lost_attached);
+                    let mut ev = decoder.decode(&raw, lost_now - lost_attached);
+                    attributor.enrich(&mut ev);
                     lost_attached = lost_now;
                     if !sink.kill(&ev)? {
                         return Ok(());
@@ -119,6 +151,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     if args.count == Some(0) {
         return Ok(());
     }
+    let attributor = args.k8s.attributor().await?;
     let mut sink = PrintSink { printer: Printer::new(std::io::stdout(), args.format), left: args.count };
-    trace(&opts, &mut sink).await
+    trace(&opts, &attributor, &mut sink).await
 }

@@ -1,3 +1,4 @@
 //! Kubernetes attribution: from the victim's cgroup to its container and pod.
+pub mod attribution;
 pub mod cgroup_path;
 pub mod pod_index;
