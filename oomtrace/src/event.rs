@@ -22,6 +22,10 @@ pub struct OomKill {
     /// Pod and container of the victim, when it lived under kubepods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub k8s: Option<crate::k8s::attribution::K8s>,
+    /// OpenTelemetry semantic-convention keys (`k8s.pod.name`, `process.pid`, …), so log
+    /// pipelines map the event without rules.
+    #[serde(default)]
+    pub resource: std::collections::BTreeMap<String, serde_json::Value>,
     /// Events dropped (ring buffer full) since the previous event was printed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost_events: Option<u64>,
@@ -284,8 +288,35 @@ impl Decoder {
             oom,
             cgroup,
             k8s: None,
+            resource: Default::default(),
             lost_events: (lost_events > 0).then_some(lost_events),
         }
+    }
+}
+
+impl OomKill {
+    /// Fills `resource` from the event (call after Kubernetes attribution).
+    pub fn fill_resource(&mut self) {
+        use serde_json::Value;
+        let mut r = std::collections::BTreeMap::new();
+        let mut put = |k: &str, v: Option<Value>| {
+            if let Some(v) = v {
+                r.insert(k.to_string(), v);
+            }
+        };
+        put("host.name", Some(self.node.clone().into()));
+        put("process.pid", self.victim.pid.map(Into::into));
+        put("process.executable.name", self.victim.comm.clone().map(Into::into));
+        if let Some(k) = &self.k8s {
+            put("k8s.node.name", k.node.clone().map(Into::into));
+            put("k8s.namespace.name", k.namespace.clone().map(Into::into));
+            put("k8s.pod.name", k.pod.clone().map(Into::into));
+            put("k8s.pod.uid", k.pod_uid.clone().map(Into::into));
+            put("k8s.container.name", k.container.clone().map(Into::into));
+            put("container.id", k.container_id.clone().map(Into::into));
+            put("container.runtime", k.runtime.clone().map(Into::into));
+        }
+        self.resource = r;
     }
 }
 

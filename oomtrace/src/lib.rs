@@ -1,8 +1,10 @@
 //! oomtrace: catch every kernel OOM kill with eBPF and say exactly what happened.
 pub mod btf_offsets;
 pub mod cgroup_fs;
+pub mod daemon;
 pub mod event;
 pub mod k8s;
+pub mod metrics;
 pub mod oom_domain;
 pub mod output;
 pub mod tracefs;

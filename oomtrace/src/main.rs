@@ -24,6 +24,8 @@ enum LogFormat {
 enum Cmd {
     /// Trace OOM kills on this host and print each one as it happens.
     Watch(oomtrace::watch::WatchArgs),
+    /// Run on a node: JSON lines on stdout, metrics and health on HTTP, Kubernetes Events.
+    Daemon(oomtrace::daemon::DaemonArgs),
 }
 
 fn init_logging(verbose: u8, format: LogFormat) {
@@ -47,6 +49,7 @@ async fn main() {
     init_logging(cli.verbose, cli.log_format);
     let result = match cli.cmd {
         Cmd::Watch(args) => oomtrace::watch::run(args).await,
+        Cmd::Daemon(args) => oomtrace::daemon::run(args).await,
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -4,7 +4,7 @@ use crate::event::{Decoder, OomKill};
 use crate::k8s::attribution::Attributor;
 use crate::k8s::pod_index::{self, PodIndex};
 use crate::output::{Format, Printer};
-use crate::tracer::{ContextHook, Options, Tracer, VictimHook};
+use crate::tracer::{ContextHook, Counters, Options, Tracer, VictimHook};
 use anyhow::Result;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
@@ -17,6 +17,15 @@ pub struct WatchArgs {
     /// Exit 0 after printing this many kills.
     #[arg(long)]
     pub count: Option<u64>,
+    #[command(flatten)]
+    pub hooks: HookArgs,
+    #[command(flatten)]
+    pub k8s: KubeArgs,
+}
+
+/// How to attach to the kernel (shared by `watch` and `daemon`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct HookArgs {
     /// How to hook `oom:mark_victim`.
     #[arg(long, value_enum, default_value = "auto")]
     pub victim_hook: VictimHook,
@@ -29,8 +38,17 @@ pub struct WatchArgs {
     /// Kernel BTF file (for kernels whose BTF is not at the default path).
     #[arg(long, default_value = crate::btf_offsets::VMLINUX_BTF)]
     pub btf: std::path::PathBuf,
-    #[command(flatten)]
-    pub k8s: KubeArgs,
+}
+
+impl HookArgs {
+    pub fn options(&self) -> Options {
+        Options {
+            victim_hook: self.victim_hook,
+            context_hook: self.context_hook,
+            ring_buffer_bytes: self.ring_buffer_bytes,
+            btf: self.btf.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -47,23 +65,31 @@ pub struct KubeArgs {
 }
 
 impl KubeArgs {
-    /// The pod index for this node, or none when there is no Kubernetes here.
-    pub async fn attributor(&self) -> Result<Attributor> {
+    /// A client for this cluster, or none when there is no Kubernetes here.
+    pub async fn client(&self) -> Result<Option<kube::Client>> {
         if self.no_kubernetes {
-            return Ok(Attributor::new(None));
+            return Ok(None);
         }
-        let client = match &self.kubeconfig {
-            Some(path) => Some(pod_index::client_from_kubeconfig(path).await?),
-            None => pod_index::client_from_env().await?,
-        };
-        Ok(Attributor::new(client.map(|c| PodIndex::spawn(c, crate::node_name(), self.tombstone_ttl))))
+        match &self.kubeconfig {
+            Some(path) => Ok(Some(pod_index::client_from_kubeconfig(path).await?)),
+            None => pod_index::client_from_env().await,
+        }
+    }
+
+    /// Attribution through this node's pod index (none without a client).
+    pub fn attributor(&self, client: Option<kube::Client>) -> Attributor {
+        Attributor::new(client.map(|c| PodIndex::spawn(c, crate::node_name(), self.tombstone_ttl)))
     }
 }
 
 /// Where a stream of kills goes; `watch` prints them, the daemon fans them out.
 pub trait Sink {
+    /// The programs are attached with these hooks.
+    fn attached(&mut self, _strategy: &str) {}
     /// Returns false to stop.
     fn kill(&mut self, ev: &OomKill) -> Result<bool>;
+    /// The kernel-side counters, about once a second.
+    fn counters(&mut self, _c: &Counters) {}
 }
 
 /// Runs the tracer until SIGINT/SIGTERM or until the sink says stop. Announces on stderr
@@ -76,6 +102,7 @@ pub async fn trace(opts: &Options, attributor: &Attributor, sink: &mut dyn Sink)
         .inspect_err(|e| tracing::warn!("cannot read cgroup mounts: {e:#}"))
         .ok();
     let mut decoder = Decoder::new(crate::node_name(), hierarchies);
+    sink.attached(&tracer.strategy);
     eprintln!("watching for OOM kills (strategy: {})", tracer.strategy);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut batch = Vec::new();
@@ -89,6 +116,7 @@ pub async fn trace(opts: &Options, attributor: &Attributor, sink: &mut dyn Sink)
                 for raw in batch.drain(..) {
                     let mut ev = decoder.decode(&raw, lost_now - lost_attached);
                     attributor.enrich(&mut ev);
+                    ev.fill_resource();
                     lost_attached = lost_now;
                     if !sink.kill(&ev)? {
                         return Ok(());
@@ -97,6 +125,7 @@ pub async fn trace(opts: &Options, attributor: &Attributor, sink: &mut dyn Sink)
             }
             _ = tick.tick() => {
                 let c = tracer.counters()?;
+                sink.counters(&c);
                 if c.lost > lost_warned {
                     tracing::warn!(
                         "{} OOM kill events lost so far: the ring buffer was full (raise --ring-buffer-bytes)",
@@ -142,16 +171,11 @@ impl<W: std::io::Write> Sink for PrintSink<W> {
 }
 
 pub async fn run(args: WatchArgs) -> Result<()> {
-    let opts = Options {
-        victim_hook: args.victim_hook,
-        context_hook: args.context_hook,
-        ring_buffer_bytes: args.ring_buffer_bytes,
-        btf: args.btf,
-    };
+    let opts = args.hooks.options();
     if args.count == Some(0) {
         return Ok(());
     }
-    let attributor = args.k8s.attributor().await?;
+    let attributor = args.k8s.attributor(args.k8s.client().await?);
     let mut sink = PrintSink { printer: Printer::new(std::io::stdout(), args.format), left: args.count };
     trace(&opts, &attributor, &mut sink).await
 }
