@@ -19,6 +19,8 @@ pub struct OomKill {
     pub trigger: Trigger,
     pub oom: Oom,
     pub cgroup: VictimCgroup,
+    /// One line saying why (see `explain::verdict` for the rules).
+    pub verdict: Option<String>,
     /// Pod and container of the victim, when it lived under kubepods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub k8s: Option<crate::k8s::attribution::K8s>,
@@ -80,6 +82,9 @@ pub struct Oom {
     pub domain_bytes: Option<u64>,
     /// Sequence number of the OOM invocation (victims of one OOM share it).
     pub invocation: Option<u64>,
+    /// Breakdown, top tasks and pressure of the OOM cgroup (see `explain`).
+    #[serde(flatten)]
+    pub details: crate::explain::Explanation,
     /// How the values were obtained: `kernel:oom_control` (fentry/kprobe on
     /// oom_kill_process), `kernel:memcg` (the victim's memcg ancestry read in the kernel at
     /// the kill), `cgroupfs` (read from cgroupfs right after the kill), or `unknown`.
@@ -246,6 +251,7 @@ impl Decoder {
                     _ => "kernel:oom_control",
                 }
                 .into(),
+                ..Default::default()
             },
             Domain::Memcg { index } => {
                 let l = &memcg[index];
@@ -287,6 +293,7 @@ impl Decoder {
             trigger,
             oom,
             cgroup,
+            verdict: None,
             k8s: None,
             resource: Default::default(),
             lost_events: (lost_events > 0).then_some(lost_events),
@@ -295,6 +302,22 @@ impl Decoder {
 }
 
 impl OomKill {
+    /// The kernel's timestamp of the kill as a `SystemTime`.
+    pub fn killed_at(&self) -> Option<std::time::SystemTime> {
+        let t = chrono::DateTime::parse_from_rfc3339(&self.time).ok()?;
+        let ns = t.timestamp_nanos_opt()?;
+        Some(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(u64::try_from(ns).ok()?))
+    }
+
+    /// Adds the OOM cgroup's breakdown and the verdict.
+    pub fn explain(&mut self, h: Option<&Hierarchies>) {
+        let killed_at = self.killed_at().unwrap_or_else(std::time::SystemTime::now);
+        if let Some(x) = h.and_then(|h| crate::explain::gather(self, h, killed_at)) {
+            self.oom.details = x;
+        }
+        self.verdict = Some(crate::explain::verdict(self, Some(&self.oom.details)));
+    }
+
     /// Fills `resource` from the event (call after Kubernetes attribution).
     pub fn fill_resource(&mut self) {
         use serde_json::Value;

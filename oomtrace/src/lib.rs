@@ -3,6 +3,7 @@ pub mod btf_offsets;
 pub mod cgroup_fs;
 pub mod daemon;
 pub mod event;
+pub mod explain;
 pub mod k8s;
 pub mod metrics;
 pub mod oom_domain;

@@ -42,6 +42,20 @@ fn clock(ev: &OomKill) -> String {
         .unwrap_or_else(|_| ev.time.clone())
 }
 
+/// `namespace/pod/container` for a pod the index knew, the pod UID for one it did not, else
+/// the victim's memory cgroup.
+fn where_(ev: &OomKill) -> String {
+    if let Some(k) = &ev.k8s {
+        if let (Some(ns), Some(pod)) = (&k.namespace, &k.pod) {
+            return format!("{ns}/{pod}/{}", k.container.as_deref().unwrap_or("-"));
+        }
+        if let Some(uid) = &k.pod_uid {
+            return format!("pod {uid} (unresolved)");
+        }
+    }
+    ev.cgroup.memory.path.as_deref().or(ev.cgroup.path.as_deref()).unwrap_or("-").to_string()
+}
+
 pub struct Printer<W: Write> {
     out: W,
     format: Format,
@@ -71,18 +85,18 @@ impl<W: Write> Printer<W> {
             self.header_done = true;
             write!(
                 self.out,
-                "{:<12} {:>8} {:<16} {:>9} {:<10} {:>9} {:>9} {}",
-                "TIME", "PID", "COMM", "RSS", "CONSTRAINT", "LIMIT", "USAGE", "CGROUP"
+                "{:<12} {:>8} {:<16} {:>9} {:<10} {:>9} {:>9} {:<40} {}",
+                "TIME", "PID", "COMM", "RSS", "CONSTRAINT", "LIMIT", "USAGE", "POD/CGROUP", "WHY"
             )?;
             if wide {
                 write!(self.out, "  {:>9} {:>9} {:>9} {:<24} OOM-CGROUP", "ANON", "FILE", "SHMEM", "TRIGGER")?;
             }
             writeln!(self.out)?;
         }
-        let cgroup = ev.cgroup.memory.path.as_deref().or(ev.cgroup.path.as_deref()).unwrap_or("-");
+        let cgroup = where_(ev);
         write!(
             self.out,
-            "{:<12} {:>8} {:<16} {:>9} {:<10} {:>9} {:>9} {}",
+            "{:<12} {:>8} {:<16} {:>9} {:<10} {:>9} {:>9} {:<40} {}",
             clock(ev),
             or_dash(&ev.victim.pid),
             ev.victim.comm.as_deref().unwrap_or("-"),
@@ -90,7 +104,8 @@ impl<W: Write> Printer<W> {
             ev.oom.constraint.as_deref().unwrap_or("-"),
             human(ev.oom.limit_bytes),
             human(ev.oom.usage_bytes),
-            cgroup
+            cgroup,
+            ev.verdict.as_deref().unwrap_or("-")
         )?;
         if wide {
             let trigger = format!("{}/{}", or_dash(&ev.trigger.pid), ev.trigger.comm.as_deref().unwrap_or("-"));

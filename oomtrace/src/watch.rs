@@ -101,7 +101,7 @@ pub async fn trace(opts: &Options, attributor: &Attributor, sink: &mut dyn Sink)
     let hierarchies = Hierarchies::detect()
         .inspect_err(|e| tracing::warn!("cannot read cgroup mounts: {e:#}"))
         .ok();
-    let mut decoder = Decoder::new(crate::node_name(), hierarchies);
+    let mut decoder = Decoder::new(crate::node_name(), hierarchies.clone());
     sink.attached(&tracer.strategy);
     eprintln!("watching for OOM kills (strategy: {})", tracer.strategy);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -116,6 +116,7 @@ pub async fn trace(opts: &Options, attributor: &Attributor, sink: &mut dyn Sink)
                 for raw in batch.drain(..) {
                     let mut ev = decoder.decode(&raw, lost_now - lost_attached);
                     attributor.enrich(&mut ev);
+                    ev.explain(hierarchies.as_ref());
                     ev.fill_resource();
                     lost_attached = lost_now;
                     if !sink.kill(&ev)? {

@@ -203,6 +203,7 @@ mod tests {
                 container: Some("app".into()),
                 ..Default::default()
             }),
+            verdict: None,
             resource: Default::default(),
             lost_events: None,
         }
