@@ -61,6 +61,9 @@ pub struct KernelOffsets {
     pub memcg_css: u32,
     pub memcg_usage: u32,
     pub memcg_max: u32,
+    pub memcg_high: u32,
+    /// `bool oom_group` (memory.oom.group).
+    pub memcg_oom_group: u32,
     pub memcg_swap_usage: u32,
     pub memcg_swap_max: u32,
     pub memcg_oom_events_local: u32,
@@ -108,6 +111,8 @@ impl KernelOffsets {
         memcg_css: OFFSET_MISSING,
         memcg_usage: OFFSET_MISSING,
         memcg_max: OFFSET_MISSING,
+        memcg_high: OFFSET_MISSING,
+        memcg_oom_group: OFFSET_MISSING,
         memcg_swap_usage: OFFSET_MISSING,
         memcg_swap_max: OFFSET_MISSING,
         memcg_oom_events_local: OFFSET_MISSING,
@@ -153,6 +158,16 @@ impl TracepointLayout {
         oom_score_adj: OFFSET_MISSING,
         _pad: 0,
     };
+}
+
+/// First `u32` of every ring buffer record.
+pub mod kind {
+    /// An [`OomEvent`](super::OomEvent): one victim.
+    pub const VICTIM: u32 = 1;
+    /// An [`InvocationEnd`](super::InvocationEnd): `oom_kill_process` returned.
+    pub const INVOCATION_END: u32 = 2;
+    /// A [`PressureEvent`](super::PressureEvent): a memcg reclaiming at its limit.
+    pub const PRESSURE: u32 = 3;
 }
 
 /// Which fields of an [`OomEvent`] the kernel side filled in (bit set = value is real).
@@ -201,6 +216,10 @@ pub struct MemcgLevel {
     /// `memory_events_local[MEMCG_OOM]`: OOMs whose limit was hit at this very cgroup.
     pub oom_events_local: u64,
     pub oom_kill_events_local: u64,
+    pub high_pages: u64,
+    /// memory.oom.group (0/1; u32::MAX when unknown).
+    pub oom_group: u32,
+    pub _pad: u32,
     pub name: [u8; CGROUP_NAME_LEN],
 }
 
@@ -233,6 +252,9 @@ pub struct OomContext {
     pub _pad: u32,
     /// Monotonic sequence number of the OOM invocation, to group victims.
     pub seq: u64,
+    /// Victims marked so far in this invocation.
+    pub victims: u32,
+    pub _pad2: u32,
     pub memcg_name: [u8; CGROUP_NAME_LEN],
 }
 
@@ -240,6 +262,9 @@ pub struct OomContext {
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct OomEvent {
+    /// [`kind::VICTIM`].
+    pub kind: u32,
+    pub _pad0: u32,
     /// `bpf_ktime_get_boot_ns()` when the tracepoint fired.
     pub boot_ns: u64,
     pub valid: u32,
@@ -274,6 +299,41 @@ pub struct OomEvent {
     pub ctx: OomContext,
 }
 
+/// `oom_kill_process` returned: every victim of invocation `seq` has been marked.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct InvocationEnd {
+    /// [`kind::INVOCATION_END`].
+    pub kind: u32,
+    pub victims: u32,
+    pub seq: u64,
+    pub boot_ns: u64,
+}
+
+/// A memory cgroup reclaiming at its limit (`memory.max`) or above `memory.high`: the early
+/// warning before an OOM kill. Rate-limited per cgroup in the kernel.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PressureEvent {
+    /// [`kind::PRESSURE`].
+    pub kind: u32,
+    /// Index in `memcg` of the cgroup at its limit.
+    pub level: u32,
+    pub boot_ns: u64,
+    /// Pages the reclaim pass freed.
+    pub nr_reclaimed: u64,
+    /// Reclaim passes of this cgroup suppressed by the rate limit since the last report.
+    pub suppressed: u64,
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    pub task_comm: [u8; TASK_COMM_LEN],
+    pub memcg_depth: u32,
+    /// 1 when `level` is above memory.high rather than at memory.max.
+    pub over_high: u32,
+    /// The charging task's memory cgroup ancestry, `[0]` its own.
+    pub memcg: [MemcgLevel; MAX_CGROUP_DEPTH],
+}
+
 /// Indexes of the per-CPU counters array `COUNTERS`.
 pub mod counter {
     /// Times `mark_victim` fired.
@@ -284,7 +344,9 @@ pub mod counter {
     pub const READ_ERRORS: u32 = 2;
     /// OOM invocations seen by the oom_kill_process hook.
     pub const OOM_INVOCATIONS: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// Pressure events dropped because the ring buffer was full.
+    pub const PRESSURE_LOST: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 #[cfg(feature = "user")]

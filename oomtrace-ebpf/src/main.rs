@@ -13,11 +13,11 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns,
-        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
     },
     macros::{btf_tracepoint, fentry, fexit, kprobe, kretprobe, map, tracepoint},
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::{
         BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RetProbeContext,
         TracePointContext,
@@ -26,8 +26,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::{debug, warn};
 use oomtrace_common::{
-    counter, ctx_source, source, valid, KernelOffsets, OomContext, OomEvent, TracepointLayout,
-    CGROUP_NAME_LEN, MAX_CGROUP_DEPTH, OFFSET_MISSING,
+    counter, ctx_source, kind, source, valid, InvocationEnd, KernelOffsets, MemcgLevel, OomContext,
+    OomEvent, PressureEvent, TracepointLayout, CGROUP_NAME_LEN, MAX_CGROUP_DEPTH, OFFSET_MISSING,
 };
 
 #[unsafe(no_mangle)]
@@ -52,6 +52,17 @@ static OOM_CTX: Array<OomContext> = Array::with_max_entries(1, 0);
 /// carries the victim's pid.
 #[map]
 static OOM_CHOSEN: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Per memory cgroup (kernfs id): when a pressure event was last reported, and how many
+/// reclaim passes were suppressed since.
+#[map]
+static PRESSURE_RATE: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(4096, 0);
+
+/// At most one pressure event per cgroup per second.
+const PRESSURE_INTERVAL_NS: u64 = 1_000_000_000;
+/// A failing charge can be up to a PMD-sized folio: usage within this many pages of `max`
+/// counts as "at the limit".
+const AT_LIMIT_SLACK_PAGES: u64 = 512;
 
 #[inline(always)]
 fn bump(idx: u32) {
@@ -170,33 +181,11 @@ unsafe fn fill_cgroups(ev: &mut OomEvent, o: &KernelOffsets, task: u64) {
     if cset == 0 {
         return;
     }
-    let mut css = unsafe { read_ptr(cset, o.cset_memcg_css) };
-    let mut depth = 0u32;
-    for i in 0..MAX_CGROUP_DEPTH {
-        if css == 0 {
-            break;
-        }
-        let memcg = css - o.memcg_css as u64;
-        let lvl = &mut ev.memcg[i];
-        let kn = unsafe { read_ptr(read_ptr(css, o.css_cgroup), o.cgroup_kn) };
-        lvl.id = unsafe { read::<u64>(kn, o.kn_id) }.unwrap_or(0);
-        unsafe { read_kn_name(o, kn, &mut lvl.name) };
-        lvl.usage_pages = unsafe { read::<u64>(memcg, o.memcg_usage) }.unwrap_or(u64::MAX);
-        lvl.max_pages = unsafe { read::<u64>(memcg, o.memcg_max) }.unwrap_or(u64::MAX);
-        lvl.swap_usage_pages =
-            unsafe { read::<u64>(memcg, o.memcg_swap_usage) }.unwrap_or(u64::MAX);
-        lvl.swap_max_pages = unsafe { read::<u64>(memcg, o.memcg_swap_max) }.unwrap_or(u64::MAX);
-        lvl.oom_events_local =
-            unsafe { read::<u64>(memcg, o.memcg_oom_events_local) }.unwrap_or(u64::MAX);
-        lvl.oom_kill_events_local =
-            unsafe { read::<u64>(memcg, o.memcg_oom_kill_events_local) }.unwrap_or(u64::MAX);
-        depth = i as u32 + 1;
-        css = unsafe { read_ptr(css, o.css_parent) };
-    }
+    let (depth, truncated) = unsafe { fill_memcg_chain(o, &mut ev.memcg, read_ptr(cset, o.cset_memcg_css)) };
     if depth > 0 {
         ev.memcg_depth = depth;
         ev.valid |= valid::MEMCG_CHAIN;
-        if css != 0 {
+        if truncated {
             ev.valid |= valid::CHAIN_TRUNCATED;
         }
     }
@@ -222,6 +211,39 @@ unsafe fn fill_cgroups(ev: &mut OomEvent, o: &KernelOffsets, task: u64) {
     }
 }
 
+/// Reads a memory cgroup ancestry from `css` up: ids, names and page counters at this moment.
+/// Returns the depth and whether the chain was cut at MAX_CGROUP_DEPTH.
+#[inline(always)]
+unsafe fn fill_memcg_chain(
+    o: &KernelOffsets,
+    levels: &mut [MemcgLevel; MAX_CGROUP_DEPTH],
+    mut css: u64,
+) -> (u32, bool) {
+    let mut depth = 0u32;
+    for (i, lvl) in levels.iter_mut().enumerate() {
+        if css == 0 {
+            break;
+        }
+        let memcg = css - o.memcg_css as u64;
+        let kn = unsafe { read_ptr(read_ptr(css, o.css_cgroup), o.cgroup_kn) };
+        lvl.id = unsafe { read::<u64>(kn, o.kn_id) }.unwrap_or(0);
+        unsafe { read_kn_name(o, kn, &mut lvl.name) };
+        let counter = |off: u32| unsafe { read::<u64>(memcg, off) }.unwrap_or(u64::MAX);
+        lvl.usage_pages = counter(o.memcg_usage);
+        lvl.max_pages = counter(o.memcg_max);
+        lvl.high_pages = counter(o.memcg_high);
+        lvl.swap_usage_pages = counter(o.memcg_swap_usage);
+        lvl.swap_max_pages = counter(o.memcg_swap_max);
+        lvl.oom_events_local = counter(o.memcg_oom_events_local);
+        lvl.oom_kill_events_local = counter(o.memcg_oom_kill_events_local);
+        lvl.oom_group = unsafe { read::<u8>(memcg, o.memcg_oom_group) }.map_or(u32::MAX, u32::from);
+        lvl._pad = 0;
+        depth = i as u32 + 1;
+        css = unsafe { read_ptr(css, o.css_parent) };
+    }
+    (depth, css != 0)
+}
+
 /// Reserves an event and fills what every strategy knows: time, trigger, OOM context.
 #[inline(always)]
 fn begin_event(src: u32) -> Option<aya_ebpf::maps::ring_buf::RingBufEntry<OomEvent>> {
@@ -231,6 +253,8 @@ fn begin_event(src: u32) -> Option<aya_ebpf::maps::ring_buf::RingBufEntry<OomEve
         return None;
     };
     let ev = unsafe { &mut *entry.as_mut_ptr() };
+    ev.kind = kind::VICTIM;
+    ev._pad0 = 0;
     ev.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
     ev.valid = 0;
     ev.source = src;
@@ -255,9 +279,11 @@ fn begin_event(src: u32) -> Option<aya_ebpf::maps::ring_buf::RingBufEntry<OomEve
     ev.trigger_comm = bpf_get_current_comm().unwrap_or([0; 16]);
     ev.trigger_memcg_id = 0;
     ev.ctx.source = ctx_source::NONE;
-    if let Some(ctx) = OOM_CTX.get(0) {
+    if let Some(ctx) = OOM_CTX.get_ptr_mut(0) {
+        let ctx = unsafe { &mut *ctx };
         // Only the invocation this very task is running belongs to this victim.
         if ctx.source != ctx_source::NONE && ctx.trigger_pid == ev.trigger_pid {
+            ctx.victims += 1;
             ev.ctx = *ctx;
             ev.valid |= valid::OOM_CONTEXT;
         }
@@ -359,6 +385,8 @@ fn open_oom_ctx(oc: u64, src: u32) {
     let ctx = unsafe { &mut *ctx };
     let o = OFFSETS.load();
     ctx.seq += 1;
+    ctx.victims = 0;
+    ctx._pad2 = 0;
     ctx.trigger_pid = bpf_get_current_pid_tgid() as u32;
     ctx.gfp_mask = unsafe { read::<u32>(oc, o.oc_gfp_mask) }.unwrap_or(0);
     ctx.order = unsafe { read::<i32>(oc, o.oc_order) }.unwrap_or(-1);
@@ -387,10 +415,24 @@ fn open_oom_ctx(oc: u64, src: u32) {
     ctx.source = src;
 }
 
+/// Closes the OOM invocation and tells userspace how many victims it marked, so the victims
+/// of one group kill are reported as one incident without guessing.
 #[inline(always)]
 fn close_oom_ctx() {
     if let Some(ctx) = OOM_CTX.get_ptr_mut(0) {
-        unsafe { (*ctx).source = ctx_source::NONE };
+        let ctx = unsafe { &mut *ctx };
+        if ctx.source != ctx_source::NONE {
+            let end = InvocationEnd {
+                kind: kind::INVOCATION_END,
+                victims: ctx.victims,
+                seq: ctx.seq,
+                boot_ns: unsafe { bpf_ktime_get_boot_ns() },
+            };
+            if EVENTS.output::<InvocationEnd>(&end, 0).is_err() {
+                bump(counter::LOST);
+            }
+        }
+        ctx.source = ctx_source::NONE;
     }
     if let Some(chosen) = OOM_CHOSEN.get_ptr_mut(0) {
         unsafe { *chosen = 0 };
@@ -420,6 +462,85 @@ pub fn oom_kill_process_kprobe(ctx: ProbeContext) -> u32 {
 #[kretprobe]
 pub fn oom_kill_process_kretprobe(_ctx: RetProbeContext) -> u32 {
     close_oom_ctx();
+    0
+}
+
+/// Early warning: a memory cgroup's direct reclaim pass ended (the charge slow path; the fast
+/// path is never hooked). Reported when the charging task's cgroup, or an ancestor, is at its
+/// `memory.max` or above `memory.high`, at most once a second per cgroup.
+#[btf_tracepoint(function = "mm_vmscan_memcg_reclaim_end")]
+pub fn memcg_reclaim_end(ctx: BtfTracePointContext) -> i32 {
+    let nr_reclaimed: u64 = ctx.arg(0);
+    let o = OFFSETS.load();
+    let task = unsafe { bpf_get_current_task() };
+    let cset = unsafe { read_ptr(task, o.task_cgroups) };
+    if cset == 0 {
+        return 0;
+    }
+    let Some(mut entry) = EVENTS.reserve::<PressureEvent>(0) else {
+        bump(counter::PRESSURE_LOST);
+        return 0;
+    };
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    let (depth, _) = unsafe { fill_memcg_chain(&o, &mut ev.memcg, read_ptr(cset, o.cset_memcg_css)) };
+    // The deepest cgroup (not the root) at its limit, else the deepest above memory.high.
+    let mut at: Option<(usize, u32)> = None;
+    for i in 0..MAX_CGROUP_DEPTH {
+        if i + 1 >= depth as usize {
+            break;
+        }
+        let l = &ev.memcg[i];
+        let finite = |p: u64| p < (1u64 << 50);
+        if at.is_none() && finite(l.max_pages) && l.usage_pages + AT_LIMIT_SLACK_PAGES >= l.max_pages {
+            at = Some((i, 0));
+        }
+    }
+    if at.is_none() {
+        for i in 0..MAX_CGROUP_DEPTH {
+            if i + 1 >= depth as usize {
+                break;
+            }
+            let l = &ev.memcg[i];
+            if at.is_none() && l.high_pages < (1u64 << 50) && l.usage_pages > l.high_pages {
+                at = Some((i, 1));
+            }
+        }
+    }
+    let Some((level, over_high)) = at else {
+        entry.discard(0);
+        return 0;
+    };
+    let id = ev.memcg[level].id;
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let suppressed = match PRESSURE_RATE.get_ptr_mut(&id) {
+        Some(state) => {
+            let state = unsafe { &mut *state };
+            if now.wrapping_sub(state[0]) < PRESSURE_INTERVAL_NS {
+                state[1] += 1;
+                entry.discard(0);
+                return 0;
+            }
+            let s = state[1];
+            *state = [now, 0];
+            s
+        }
+        None => {
+            let _ = PRESSURE_RATE.insert(&id, &[now, 0], 0);
+            0
+        }
+    };
+    ev.kind = kind::PRESSURE;
+    ev.level = level as u32;
+    ev.boot_ns = now;
+    ev.nr_reclaimed = nr_reclaimed;
+    ev.suppressed = suppressed;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    ev.task_pid = pid_tgid as u32;
+    ev.task_tgid = (pid_tgid >> 32) as u32;
+    ev.task_comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    ev.memcg_depth = depth;
+    ev.over_high = over_high;
+    entry.submit(0);
     0
 }
 

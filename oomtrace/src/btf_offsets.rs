@@ -281,6 +281,11 @@ impl KernelBtf {
                 "mem_cgroup.memory.max",
                 self.offset_of("mem_cgroup", &["memory", "max"]),
             ),
+            memcg_high: get(
+                "mem_cgroup.memory.high",
+                self.offset_of("mem_cgroup", &["memory", "high"]),
+            ),
+            memcg_oom_group: get("mem_cgroup.oom_group", self.offset_of("mem_cgroup", &["oom_group"])),
             // cgroup v2 counts swap alone in `swap`; v1 shares the slot with `memsw`.
             memcg_swap_usage: get(
                 "mem_cgroup.swap.usage",

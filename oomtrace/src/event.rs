@@ -4,7 +4,10 @@
 //! never 0, and each section says how its values were obtained (`source`).
 use crate::cgroup_fs::{self, Hierarchies};
 use crate::oom_domain::{Domain, DomainTracker};
-use oomtrace_common::{ctx_source, source, valid, CgroupLevel, MemcgLevel, OomEvent, MAX_CGROUP_DEPTH};
+use oomtrace_common::{
+    ctx_source, kind, source, valid, CgroupLevel, InvocationEnd, MemcgLevel, OomEvent, PressureEvent,
+    MAX_CGROUP_DEPTH,
+};
 use serde::{Deserialize, Serialize};
 
 pub const SCHEMA: &str = "oomtrace.oom_kill/v1";
@@ -19,6 +22,9 @@ pub struct OomKill {
     pub trigger: Trigger,
     pub oom: Oom,
     pub cgroup: VictimCgroup,
+    /// The OOM this victim belongs to (several victims for a group kill).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incident: Option<crate::incident::Incident>,
     /// One line saying why (see `explain::verdict` for the rules).
     pub verdict: Option<String>,
     /// Pod and container of the victim, when it lived under kubepods.
@@ -82,6 +88,9 @@ pub struct Oom {
     pub domain_bytes: Option<u64>,
     /// Sequence number of the OOM invocation (victims of one OOM share it).
     pub invocation: Option<u64>,
+    /// `memory.oom.group` is set on the victim's cgroup or an ancestor within the OOM domain:
+    /// the kernel kills the whole group.
+    pub group_kill: Option<bool>,
     /// Breakdown, top tasks and pressure of the OOM cgroup (see `explain`).
     #[serde(flatten)]
     pub details: crate::explain::Explanation,
@@ -115,13 +124,35 @@ pub fn cstr(b: &[u8]) -> String {
     String::from_utf8_lossy(&b[..end]).into_owned()
 }
 
-/// Reads an [`OomEvent`] out of a ring buffer record; `None` if it is too short.
-pub fn raw_from_bytes(b: &[u8]) -> Option<OomEvent> {
-    if b.len() < std::mem::size_of::<OomEvent>() {
+/// A ring buffer record, by its leading `kind`.
+pub enum Record {
+    Victim(Box<OomEvent>),
+    InvocationEnd(InvocationEnd),
+    Pressure(Box<PressureEvent>),
+}
+
+/// Reads `T` from the start of `b`; `None` if it is too short.
+fn pod_from_bytes<T: Copy>(b: &[u8]) -> Option<T> {
+    if b.len() < std::mem::size_of::<T>() {
         return None;
     }
-    // SAFETY: length checked; OomEvent is plain old data valid for any bit pattern.
-    Some(unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<OomEvent>()) })
+    // SAFETY: length checked; the record types are plain old data valid for any bit pattern.
+    Some(unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<T>()) })
+}
+
+/// Decodes a ring buffer record; `None` for an unknown kind or a short record.
+pub fn record_from_bytes(b: &[u8]) -> Option<Record> {
+    match u32::from_ne_bytes(b.get(..4)?.try_into().ok()?) {
+        kind::VICTIM => pod_from_bytes(b).map(|e| Record::Victim(Box::new(e))),
+        kind::INVOCATION_END => pod_from_bytes(b).map(Record::InvocationEnd),
+        kind::PRESSURE => pod_from_bytes(b).map(|e| Record::Pressure(Box::new(e))),
+        _ => None,
+    }
+}
+
+/// Reads an [`OomEvent`] out of a ring buffer record; `None` if it is too short.
+pub fn raw_from_bytes(b: &[u8]) -> Option<OomEvent> {
+    pod_from_bytes(b)
 }
 
 /// Joins kernfs names from the root down to `levels[0]`. The root's own name is not part of
@@ -166,6 +197,10 @@ impl Decoder {
         let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
         let domain = DomainTracker::new(hierarchies.clone());
         Self { node, page_size, hierarchies, domain }
+    }
+
+    pub fn page_size(&self) -> u64 {
+        self.page_size
     }
 
     pub fn decode(&mut self, raw: &OomEvent, lost_events: u64) -> OomKill {
@@ -233,7 +268,9 @@ impl Decoder {
         }
 
         let ctx = has(valid::OOM_CONTEXT).then_some(&raw.ctx);
-        let oom = match self.domain.resolve(memcg, ctx, cgroup.memory.path.as_deref()) {
+        let domain = self.domain.resolve(memcg, ctx, cgroup.memory.path.as_deref());
+        let group_kill = group_kill(memcg, &domain);
+        let mut oom = match domain {
             Domain::Context { constraint, cgroup: cg, cgroup_id, limit_pages, usage_pages, swap_limit_pages } => Oom {
                 constraint: Some(constraint.into()),
                 cgroup: cg,
@@ -284,6 +321,7 @@ impl Decoder {
             },
             Domain::Unknown => Oom { source: "unknown".into(), ..Default::default() },
         };
+        oom.group_kill = group_kill;
 
         OomKill {
             schema: SCHEMA.into(),
@@ -293,6 +331,7 @@ impl Decoder {
             trigger,
             oom,
             cgroup,
+            incident: None,
             verdict: None,
             k8s: None,
             resource: Default::default(),
@@ -343,6 +382,21 @@ impl OomKill {
     }
 }
 
+/// Whether the kernel kills the whole group: `memory.oom.group` on the victim's memcg or an
+/// ancestor inside the OOM domain (below the root for a node-wide OOM).
+fn group_kill(levels: &[MemcgLevel], domain: &Domain) -> Option<bool> {
+    let top = match domain {
+        Domain::Memcg { index } => *index,
+        Domain::Context { cgroup_id: Some(id), .. } => levels.iter().position(|l| l.id == *id)?,
+        _ => levels.len().checked_sub(2)?,
+    };
+    let within = levels.get(..=top)?;
+    if within.iter().any(|l| l.oom_group == 1) {
+        return Some(true);
+    }
+    within.iter().all(|l| l.oom_group == 0).then_some(false)
+}
+
 fn clock_ns(clock: libc::clockid_t) -> i128 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid out pointer.
@@ -360,6 +414,28 @@ pub fn boot_ns_to_rfc3339(boot_ns: u64) -> String {
     chrono::DateTime::from_timestamp(secs, nanos)
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+/// A kill built from JSON over a minimal valid base, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_kill(over: serde_json::Value) -> OomKill {
+    let mut base = serde_json::json!({
+        "schema": SCHEMA, "time": "2026-01-01T00:00:00.000000000Z", "node": "node-1",
+        "victim": {"source": "test"}, "trigger": {},
+        "oom": {"source": "test"}, "cgroup": {"memory": {}, "source": "test"}
+    });
+    fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
+        match (a, b) {
+            (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+                for (k, v) in b {
+                    merge(a.entry(k).or_insert(serde_json::Value::Null), v);
+                }
+            }
+            (a, b) => *a = b,
+        }
+    }
+    merge(&mut base, over);
+    serde_json::from_value(base).expect("valid test kill")
 }
 
 #[cfg(test)]

@@ -46,6 +46,7 @@ pub struct TaskRss {
 
 /// What `explain` adds under `oom`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Explanation {
     pub memory_stat: Option<MemoryStat>,
     pub swap_usage_bytes: Option<u64>,
@@ -278,35 +279,12 @@ pub fn verdict(ev: &OomKill, x: Option<&Explanation>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Oom, Victim};
 
     fn memcg_kill(anon: u64, shmem: u64, limit: u64) -> OomKill {
-        OomKill {
-            schema: crate::event::SCHEMA.into(),
-            time: String::new(),
-            node: "n".into(),
-            victim: Victim {
-                pid: Some(1),
-                comm: Some("python3".into()),
-                rss_anon_bytes: Some(anon),
-                rss_file_bytes: Some(0),
-                rss_shmem_bytes: Some(shmem),
-                ..Default::default()
-            },
-            trigger: Default::default(),
-            oom: Oom {
-                constraint: Some("memcg".into()),
-                cgroup: Some("/t".into()),
-                limit_bytes: Some(limit),
-                usage_bytes: Some(limit),
-                ..Default::default()
-            },
-            cgroup: Default::default(),
-            verdict: None,
-            k8s: None,
-            resource: Default::default(),
-            lost_events: None,
-        }
+        crate::event::test_kill(serde_json::json!({
+            "victim": {"pid": 1, "comm": "python3", "rss_anon_bytes": anon, "rss_file_bytes": 0, "rss_shmem_bytes": shmem},
+            "oom": {"constraint": "memcg", "cgroup": "/t", "limit_bytes": limit, "usage_bytes": limit}
+        }))
     }
 
     fn with_stat(anon: u64, file: u64, kernel: Option<u64>) -> Explanation {

@@ -181,6 +181,9 @@ mod tests {
             swap_max_pages: u64::MAX >> 12,
             oom_events_local: ooms,
             oom_kill_events_local: 0,
+            high_pages: u64::MAX >> 12,
+            oom_group: 0,
+            _pad: 0,
             name: n,
         }
     }
@@ -237,6 +240,8 @@ mod tests {
             trigger_pid: 1,
             _pad: 0,
             seq: 1,
+            victims: 0,
+            _pad2: 0,
             memcg_name: [0; CGROUP_NAME_LEN],
         };
         match t.resolve(&levels, Some(&ctx), None) {

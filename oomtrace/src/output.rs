@@ -79,6 +79,41 @@ impl<W: Write> Printer<W> {
         self.out.flush()
     }
 
+    /// Prints an early warning (JSON line, or a `WARNING` line in the table formats).
+    pub fn pressure(&mut self, p: &crate::pressure::MemoryPressure) -> std::io::Result<()> {
+        match self.format {
+            Format::Json => {
+                serde_json::to_writer(&mut self.out, p)?;
+                writeln!(self.out)?;
+            }
+            Format::Table | Format::Wide => {
+                let who = match &p.k8s {
+                    Some(k) if k.pod.is_some() => format!(
+                        "{}/{}/{}",
+                        k.namespace.as_deref().unwrap_or("-"),
+                        k.pod.as_deref().unwrap_or("-"),
+                        k.container.as_deref().unwrap_or("-")
+                    ),
+                    _ => p.cgroup.clone(),
+                };
+                let limit = if p.reason == "high" { p.high_bytes } else { p.limit_bytes };
+                writeln!(
+                    self.out,
+                    "WARNING {who}: reclaiming at memory.{} ({} of {}), reclaimed {}{}, charging task {} ({}){}",
+                    p.reason,
+                    human(p.usage_bytes),
+                    human(limit),
+                    human(Some(p.reclaimed_bytes)),
+                    if p.reclaim_struggling { " (struggling)" } else { "" },
+                    p.task.comm,
+                    p.task.pid,
+                    if p.suppressed > 0 { format!(", {} more passes", p.suppressed) } else { String::new() }
+                )?;
+            }
+        }
+        self.out.flush()
+    }
+
     fn row(&mut self, ev: &OomKill) -> std::io::Result<()> {
         let wide = self.format == Format::Wide;
         if !self.header_done {

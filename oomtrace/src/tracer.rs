@@ -6,14 +6,14 @@
 //! ancestry then tells which limit was hit). Every choice is probed at run time, never guessed
 //! from the kernel version, and a program that fails to attach leaves nothing behind.
 use crate::btf_offsets::{KernelBtf, VMLINUX_BTF};
-use crate::event::raw_from_bytes;
+use crate::event::{record_from_bytes, Record};
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, FEntry, FExit, KProbe, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
-use oomtrace_common::{counter, OomEvent, TracepointLayout};
+use oomtrace_common::{counter, TracepointLayout};
 use tokio::io::unix::AsyncFd;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -42,6 +42,8 @@ pub struct Options {
     pub ring_buffer_bytes: u32,
     /// Kernel BTF to resolve offsets and attach by (the running kernel's by default).
     pub btf: std::path::PathBuf,
+    /// Also hook the memcg reclaim slow path for early warnings.
+    pub warnings: bool,
 }
 
 impl Default for Options {
@@ -51,6 +53,7 @@ impl Default for Options {
             context_hook: ContextHook::Auto,
             ring_buffer_bytes: 4 << 20,
             btf: VMLINUX_BTF.into(),
+            warnings: false,
         }
     }
 }
@@ -62,6 +65,7 @@ pub struct Counters {
     pub lost: u64,
     pub read_errors: u64,
     pub oom_invocations: u64,
+    pub pressure_lost: u64,
 }
 
 pub struct Tracer {
@@ -69,7 +73,8 @@ pub struct Tracer {
     counters: PerCpuArray<MapData, u64>,
     /// Human-readable description of the hooks in use.
     pub strategy: String,
-    /// Records too short to decode (a program/daemon mismatch; counted, never silent).
+    /// Records of unknown kind or too short to decode (a program/daemon mismatch; counted,
+    /// never silent).
     pub malformed: u64,
     // Keeps the programs loaded and attached; dropping the tracer detaches everything.
     _ebpf: Ebpf,
@@ -189,6 +194,12 @@ impl Tracer {
             }
         }
         parts.push(attach_context(&mut ebpf, btf, opts.context_hook)?);
+        if opts.warnings {
+            match attach_pressure(&mut ebpf, btf) {
+                Ok(()) => parts.push("warnings: tp_btf mm_vmscan_memcg_reclaim_end"),
+                Err(e) => tracing::warn!("early warnings unavailable on this kernel: {e:#}"),
+            }
+        }
 
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map")?)?;
         let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map")?)?;
@@ -204,12 +215,12 @@ impl Tracer {
 
     /// Waits for records and appends every one available. Drains fully, clears readiness,
     /// then drains again so a record that arrived in between is not left waiting.
-    pub async fn next_batch(&mut self, out: &mut Vec<OomEvent>) -> Result<()> {
+    pub async fn next_batch(&mut self, out: &mut Vec<Record>) -> Result<()> {
         let mut guard = self.ring.readable_mut().await?;
         let mut malformed = 0;
         let mut drain = |rb: &mut RingBuf<MapData>| {
             while let Some(item) = rb.next() {
-                match raw_from_bytes(&item) {
+                match record_from_bytes(&item) {
                     Some(ev) => out.push(ev),
                     None => malformed += 1,
                 }
@@ -231,6 +242,7 @@ impl Tracer {
             lost: sum(counter::LOST)?,
             read_errors: sum(counter::READ_ERRORS)?,
             oom_invocations: sum(counter::OOM_INVOCATIONS)?,
+            pressure_lost: sum(counter::PRESSURE_LOST)?,
         })
     }
 }
@@ -308,6 +320,14 @@ fn try_kprobe(ebpf: &mut Ebpf) -> Result<()> {
         unload(ebpf, &["oom_kill_process_kprobe", "oom_kill_process_kretprobe"]);
     }
     r
+}
+
+/// The reclaim slow path of memory cgroups (never the charge fast path).
+fn attach_pressure(ebpf: &mut Ebpf, btf: &Btf) -> Result<()> {
+    let p: &mut BtfTracePoint = program(ebpf, "memcg_reclaim_end")?;
+    p.load("mm_vmscan_memcg_reclaim_end", btf).map_err(verifier("memcg_reclaim_end"))?;
+    p.attach()?;
+    Ok(())
 }
 
 /// Leaves nothing behind of a hook that failed half-way (loaded, or one of two attached).

@@ -4,7 +4,11 @@ use crate::event::{Decoder, OomKill};
 use crate::k8s::attribution::Attributor;
 use crate::k8s::pod_index::{self, PodIndex};
 use crate::output::{Format, Printer};
+use crate::event::Record;
+use crate::incident::Incidents;
+use crate::pressure::MemoryPressure;
 use crate::tracer::{ContextHook, Counters, Options, Tracer, VictimHook};
+use std::time::Instant;
 use anyhow::Result;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
@@ -38,6 +42,9 @@ pub struct HookArgs {
     /// Kernel BTF file (for kernels whose BTF is not at the default path).
     #[arg(long, default_value = crate::btf_offsets::VMLINUX_BTF)]
     pub btf: std::path::PathBuf,
+    /// Also report memory cgroups reclaiming at their limit (early warnings before a kill).
+    #[arg(long)]
+    pub warnings: bool,
 }
 
 impl HookArgs {
@@ -47,6 +54,7 @@ impl HookArgs {
             context_hook: self.context_hook,
             ring_buffer_bytes: self.ring_buffer_bytes,
             btf: self.btf.clone(),
+            warnings: self.warnings,
         }
     }
 }
@@ -90,6 +98,10 @@ pub trait Sink {
     fn kill(&mut self, ev: &OomKill) -> Result<bool>;
     /// The kernel-side counters, about once a second.
     fn counters(&mut self, _c: &Counters) {}
+    /// A memory cgroup reclaiming at its limit (only with warnings enabled).
+    fn pressure(&mut self, _p: &MemoryPressure) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Runs the tracer until SIGINT/SIGTERM or until the sink says stop. Announces on stderr
@@ -101,7 +113,9 @@ pub async fn trace(opts: &Options, attributor: &Attributor, sink: &mut dyn Sink)
     let hierarchies = Hierarchies::detect()
         .inspect_err(|e| tracing::warn!("cannot read cgroup mounts: {e:#}"))
         .ok();
-    let mut decoder = Decoder::new(crate::node_name(), hierarchies.clone());
+    let node = crate::node_name();
+    let mut decoder = Decoder::new(node.clone(), hierarchies.clone());
+    let mut incidents = Incidents::default();
     sink.attached(&tracer.strategy);
     eprintln!("watching for OOM kills (strategy: {})", tracer.strategy);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -109,21 +123,33 @@ pub async fn trace(opts: &Options, attributor: &Attributor, sink: &mut dyn Sink)
     let mut lost_attached = 0u64; // lost events already reported on an event
     let mut lost_warned = 0u64;
     loop {
+        let hold = incidents.deadline();
+        let mut ready = Vec::new();
         tokio::select! {
             r = tracer.next_batch(&mut batch) => {
                 r?;
                 let lost_now = tracer.counters()?.lost;
-                for raw in batch.drain(..) {
-                    let mut ev = decoder.decode(&raw, lost_now - lost_attached);
-                    attributor.enrich(&mut ev);
-                    ev.explain(hierarchies.as_ref());
-                    ev.fill_resource();
-                    lost_attached = lost_now;
-                    if !sink.kill(&ev)? {
-                        return Ok(());
+                for rec in batch.drain(..) {
+                    match rec {
+                        Record::Victim(raw) => {
+                            let mut ev = decoder.decode(&raw, lost_now - lost_attached);
+                            lost_attached = lost_now;
+                            attributor.enrich(&mut ev);
+                            ev.explain(hierarchies.as_ref());
+                            ev.fill_resource();
+                            ready.extend(incidents.push(ev, Instant::now()));
+                        }
+                        Record::InvocationEnd(end) => ready.extend(incidents.invocation_end(end.seq)),
+                        Record::Pressure(raw) => {
+                            if let Some(mut p) = crate::pressure::decode(&raw, &node, decoder.page_size()) {
+                                p.k8s = attributor.for_path(&p.cgroup, &node);
+                                sink.pressure(&p)?;
+                            }
+                        }
                     }
                 }
             }
+            _ = sleep_until(hold) => ready.extend(incidents.due(Instant::now())),
             _ = tick.tick() => {
                 let c = tracer.counters()?;
                 sink.counters(&c);
@@ -141,6 +167,16 @@ pub async fn trace(opts: &Options, attributor: &Attributor, sink: &mut dyn Sink)
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
+        for ev in ready {
+            if !sink.kill(&ev)? {
+                return Ok(());
+            }
+        }
+    }
+    for ev in incidents.flush() {
+        if !sink.kill(&ev)? {
+            break;
+        }
     }
     let c = tracer.counters()?;
     tracing::info!(
@@ -148,6 +184,14 @@ pub async fn trace(opts: &Options, attributor: &Attributor, sink: &mut dyn Sink)
         c.seen, c.lost, c.read_errors
     );
     Ok(())
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 struct PrintSink<W: std::io::Write> {
@@ -168,6 +212,13 @@ impl<W: std::io::Write> Sink for PrintSink<W> {
             return Ok(*left > 0);
         }
         Ok(true)
+    }
+
+    fn pressure(&mut self, p: &MemoryPressure) -> Result<()> {
+        match self.printer.pressure(p) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+            _ => Ok(()),
+        }
     }
 }
 

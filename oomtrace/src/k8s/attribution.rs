@@ -66,9 +66,24 @@ impl Attributor {
             .flatten()
             .find_map(cgroup_path::parse);
         let Some(kc) = parsed else { return };
-        let mut k = from_path(&kc);
-        k.node = Some(ev.node.clone());
-        let found = self.index.as_ref().and_then(|idx| lookup(idx, &kc));
+        let k = self.resolve(&kc, &ev.node);
+        if matches!(kc.level, Level::Container | Level::ContainerChild) {
+            // PID 1 of the container's pid namespace: its death restarts the container.
+            // Anything else dies silently while the pod keeps running.
+            ev.victim.container_init = ev.victim.ns_pid.map(|p| p == 1);
+        }
+        ev.k8s = Some(k);
+    }
+
+    /// Pod and container of a cgroup path, if it is under kubepods.
+    pub fn for_path(&self, path: &str, node: &str) -> Option<K8s> {
+        cgroup_path::parse(path).map(|kc| self.resolve(&kc, node))
+    }
+
+    fn resolve(&self, kc: &KubeCgroup, node: &str) -> K8s {
+        let mut k = from_path(kc);
+        k.node = Some(node.to_string());
+        let found = self.index.as_ref().and_then(|idx| lookup(idx, kc));
         match found {
             Some((pod, container)) => fill(&mut k, pod, container),
             None => {
@@ -81,12 +96,7 @@ impl Attributor {
                 }
             }
         }
-        if matches!(kc.level, Level::Container | Level::ContainerChild) {
-            // PID 1 of the container's pid namespace: its death restarts the container.
-            // Anything else dies silently while the pod keeps running.
-            ev.victim.container_init = ev.victim.ns_pid.map(|p| p == 1);
-        }
-        ev.k8s = Some(k);
+        k
     }
 }
 

@@ -169,44 +169,16 @@ async fn run(recorder: Recorder, mut rx: mpsc::Receiver<OomKill>, metrics: Arc<M
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Oom, Victim};
-    use crate::k8s::attribution::K8s;
 
     fn kill() -> OomKill {
-        OomKill {
-            schema: crate::event::SCHEMA.into(),
-            time: "2026-01-01T00:00:00.000000000Z".into(),
-            node: "node-1".into(),
-            victim: Victim {
-                pid: Some(4242),
-                comm: Some("python3".into()),
-                rss_anon_bytes: Some(1900 << 20),
-                rss_file_bytes: Some(0),
-                rss_shmem_bytes: Some(0),
-                container_init: Some(false),
-                ..Default::default()
-            },
-            trigger: Default::default(),
-            oom: Oom {
-                constraint: Some("memcg".into()),
-                cgroup: Some("/kubepods/burstable/pod1234/abcd".into()),
-                limit_bytes: Some(2 << 30),
-                usage_bytes: Some(2 << 30),
-                ..Default::default()
-            },
-            cgroup: Default::default(),
-            k8s: Some(K8s {
-                resolved: true,
-                namespace: Some("shop".into()),
-                pod: Some("api-1".into()),
-                pod_uid: Some("1234".into()),
-                container: Some("app".into()),
-                ..Default::default()
-            }),
-            verdict: None,
-            resource: Default::default(),
-            lost_events: None,
-        }
+        crate::event::test_kill(serde_json::json!({
+            "victim": {"pid": 4242, "comm": "python3", "rss_anon_bytes": 1900u64 << 20, "rss_file_bytes": 0,
+                       "rss_shmem_bytes": 0, "container_init": false},
+            "oom": {"constraint": "memcg", "cgroup": "/kubepods/burstable/pod1234/abcd",
+                    "limit_bytes": 2u64 << 30, "usage_bytes": 2u64 << 30},
+            "k8s": {"resolved": true, "namespace": "shop", "pod": "api-1", "pod_uid": "1234", "container": "app",
+                    "cgroup_level": "container", "pod_deleted": false}
+        }))
     }
 
     #[test]
