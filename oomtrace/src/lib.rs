@@ -1,9 +1,11 @@
 //! oomtrace: catch every kernel OOM kill with eBPF and say exactly what happened.
 pub mod btf_offsets;
 pub mod cgroup_fs;
+pub mod cluster;
 pub mod daemon;
 pub mod event;
 pub mod explain;
+pub mod filter;
 pub mod incident;
 pub mod k8s;
 pub mod metrics;

@@ -5,6 +5,7 @@ use crate::k8s::attribution::Attributor;
 use crate::k8s::pod_index::{self, PodIndex};
 use crate::output::{Format, Printer};
 use crate::event::Record;
+use crate::filter::{Filter, FilterArgs};
 use crate::incident::Incidents;
 use crate::pressure::MemoryPressure;
 use crate::tracer::{ContextHook, Counters, Options, Tracer, VictimHook};
@@ -21,6 +22,14 @@ pub struct WatchArgs {
     /// Exit 0 after printing this many kills.
     #[arg(long)]
     pub count: Option<u64>,
+    /// Kills across every node of the cluster (from the daemons' OOMKill Events), not this host.
+    #[arg(long)]
+    pub cluster: bool,
+    /// With --cluster: first list the kills of this last period (e.g. 1h), oldest first.
+    #[arg(long, value_parser = humantime::parse_duration, requires = "cluster")]
+    pub since: Option<Duration>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     #[command(flatten)]
     pub hooks: HookArgs,
     #[command(flatten)]
@@ -196,11 +205,15 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 struct PrintSink<W: std::io::Write> {
     printer: Printer<W>,
+    filter: Filter,
     left: Option<u64>,
 }
 
 impl<W: std::io::Write> Sink for PrintSink<W> {
     fn kill(&mut self, ev: &OomKill) -> Result<bool> {
+        if !self.filter.matches_kill(ev) {
+            return Ok(true);
+        }
         if let Err(e) = self.printer.print(ev) {
             if e.kind() == std::io::ErrorKind::BrokenPipe {
                 return Ok(false);
@@ -215,6 +228,11 @@ impl<W: std::io::Write> Sink for PrintSink<W> {
     }
 
     fn pressure(&mut self, p: &MemoryPressure) -> Result<()> {
+        let k = p.k8s.as_ref();
+        let ns = k.and_then(|k| k.namespace.as_deref());
+        if !self.filter.matches(ns, k.and_then(|k| k.pod.as_deref()), k.and_then(|k| k.container.as_deref())) {
+            return Ok(());
+        }
         match self.printer.pressure(p) {
             Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
             _ => Ok(()),
@@ -227,7 +245,15 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     if args.count == Some(0) {
         return Ok(());
     }
-    let attributor = args.k8s.attributor(args.k8s.client().await?);
-    let mut sink = PrintSink { printer: Printer::new(std::io::stdout(), args.format), left: args.count };
+    let filter = Filter::new(&args.filter)?;
+    let client = args.k8s.client().await?;
+    if args.cluster {
+        let Some(client) = client else {
+            anyhow::bail!("--cluster needs a Kubernetes config (--kubeconfig, $KUBECONFIG or ~/.kube/config)");
+        };
+        return crate::cluster::run(client, filter, args.format, args.since, args.count).await;
+    }
+    let attributor = args.k8s.attributor(client);
+    let mut sink = PrintSink { printer: Printer::new(std::io::stdout(), args.format), filter, left: args.count };
     trace(&opts, &attributor, &mut sink).await
 }

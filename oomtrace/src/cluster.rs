@@ -1,0 +1,181 @@
+//! `oomtrace watch --cluster`: kills across every node, live, from a laptop with a kubeconfig.
+//!
+//! Kubernetes is the transport: the daemons publish `OOMKill` Events, this watches them (no
+//! aggregator of our own). A repeated kill of one container shows up again with its count.
+use crate::filter::Filter;
+use crate::k8s::events::{CONTROLLER, REASON};
+use crate::output::Format;
+use anyhow::Result;
+use futures::StreamExt;
+use k8s_openapi::api::events::v1::Event;
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::io::Write;
+use std::time::Duration;
+
+/// One kill (or series of kills) as the cluster view shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ClusterKill {
+    pub time: String,
+    #[serde(skip)]
+    pub at: Option<k8s_openapi::jiff::Timestamp>,
+    pub node: Option<String>,
+    /// `Pod` or `Node`.
+    pub kind: Option<String>,
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub container: Option<String>,
+    pub count: i32,
+    pub message: String,
+}
+
+/// The container named in the note (`… in container <name> killed …`).
+fn container_of(note: &str) -> Option<String> {
+    let rest = &note[note.find(" in container ")? + " in container ".len()..];
+    Some(rest.split(' ').next()?.to_string()).filter(|c| !c.is_empty())
+}
+
+pub fn from_event(e: &Event) -> Option<ClusterKill> {
+    if e.reason.as_deref() != Some(REASON) || e.reporting_controller.as_deref() != Some(CONTROLLER) {
+        return None;
+    }
+    let note = e.note.clone().unwrap_or_default();
+    let regarding = e.regarding.as_ref();
+    let at = e.series.as_ref().map(|s| s.last_observed_time.0).or_else(|| e.event_time.as_ref().map(|t| t.0));
+    let kind = regarding.and_then(|r| r.kind.clone());
+    let is_pod = kind.as_deref() == Some("Pod");
+    Some(ClusterKill {
+        time: at.map(|t| t.to_string()).unwrap_or_default(),
+        at,
+        node: e.reporting_instance.clone(),
+        namespace: if is_pod { regarding.and_then(|r| r.namespace.clone()) } else { None },
+        pod: if is_pod { regarding.and_then(|r| r.name.clone()) } else { None },
+        kind,
+        container: container_of(&note),
+        count: e.series.as_ref().map_or(1, |s| s.count),
+        message: note,
+    })
+}
+
+fn print(out: &mut impl Write, format: Format, k: &ClusterKill, header: &mut bool) -> std::io::Result<()> {
+    match format {
+        Format::Json => {
+            serde_json::to_writer(&mut *out, k)?;
+            writeln!(out)?;
+        }
+        Format::Table | Format::Wide => {
+            if !*header {
+                *header = true;
+                writeln!(out, "{:<32} {:<20} {:<40} {:<16} {:>5} MESSAGE", "TIME", "NODE", "POD", "CONTAINER", "COUNT")?;
+            }
+            let pod = match (&k.namespace, &k.pod) {
+                (Some(ns), Some(p)) => format!("{ns}/{p}"),
+                _ => format!("(node {})", k.node.as_deref().unwrap_or("-")),
+            };
+            writeln!(
+                out,
+                "{:<32} {:<20} {:<40} {:<16} {:>5} {}",
+                k.time,
+                k.node.as_deref().unwrap_or("-"),
+                pod,
+                k.container.as_deref().unwrap_or("-"),
+                k.count,
+                k.message
+            )?;
+        }
+    }
+    out.flush()
+}
+
+pub async fn run(client: Client, filter: Filter, format: Format, since: Option<Duration>, count: Option<u64>) -> Result<()> {
+    let api: Api<Event> = Api::all(client);
+    let cfg = watcher::Config::default().fields(&format!("reason={REASON}"));
+    let mut stream = watcher(api, cfg).boxed();
+    let mut out = std::io::stdout();
+    let mut header = false;
+    let mut printed = 0u64;
+    // Per Event uid, the count already shown: a relist must not print kills twice.
+    let mut shown: HashMap<String, i32> = HashMap::new();
+    let mut initial: Vec<ClusterKill> = Vec::new();
+    let mut synced = false;
+    let cutoff = since.map(|d| {
+        k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::try_from(d).unwrap_or_default()
+    });
+    eprintln!("watching OOMKill Events across the cluster");
+    while let Some(ev) = stream.next().await {
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(e) => {
+                tracing::warn!("watching Events: {e} (retrying)");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut ready = Vec::new();
+        match ev {
+            watcher::Event::Init => initial.clear(),
+            watcher::Event::InitApply(e) | watcher::Event::Apply(e) => {
+                let Some(k) = from_event(&e) else { continue };
+                let uid = e.metadata.uid.clone().unwrap_or_default();
+                if shown.get(&uid).is_some_and(|c| *c >= k.count) {
+                    continue;
+                }
+                shown.insert(uid, k.count);
+                if synced {
+                    ready.push(k);
+                } else {
+                    initial.push(k);
+                }
+            }
+            watcher::Event::InitDone => {
+                if !synced {
+                    synced = true;
+                    initial.sort_by_key(|k| k.at);
+                    ready.extend(initial.drain(..).filter(|k| cutoff.is_some_and(|c| k.at.is_some_and(|at| at >= c))));
+                }
+            }
+            watcher::Event::Delete(_) => {}
+        }
+        for k in ready {
+            if !filter.matches(k.namespace.as_deref(), k.pod.as_deref(), k.container.as_deref()) {
+                continue;
+            }
+            print(&mut out, format, &k, &mut header)?;
+            printed += 1;
+            if count.is_some_and(|n| printed >= n) {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_become_rows() {
+        let e: Event = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "api-1.1", "namespace": "shop", "uid": "u1"},
+            "eventTime": "2026-01-01T10:00:00.000000Z",
+            "reason": "OOMKill", "reportingController": "oomtrace", "reportingInstance": "node-1",
+            "action": "Killed", "type": "Warning",
+            "regarding": {"kind": "Pod", "name": "api-1", "namespace": "shop", "apiVersion": "v1"},
+            "note": "python3 (pid 4242) in container app killed by the OOM killer: rss 1.9GiB",
+            "series": {"count": 3, "lastObservedTime": "2026-01-01T10:05:00.000000Z"}
+        }))
+        .unwrap();
+        let k = from_event(&e).unwrap();
+        assert_eq!(k.namespace.as_deref(), Some("shop"));
+        assert_eq!(k.pod.as_deref(), Some("api-1"));
+        assert_eq!(k.container.as_deref(), Some("app"));
+        assert_eq!(k.count, 3);
+        assert!(k.time.starts_with("2026-01-01T10:05:00"));
+        let mut other = e.clone();
+        other.reporting_controller = Some("kubelet".into());
+        assert!(from_event(&other).is_none());
+    }
+}
