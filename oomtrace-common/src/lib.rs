@@ -188,6 +188,9 @@ pub mod valid {
     /// A cgroup chain was cut at MAX_CGROUP_DEPTH.
     pub const CHAIN_TRUNCATED: u32 = 1 << 12;
     pub const NS_PID: u32 = 1 << 13;
+    /// `memcg` holds the *trigger's* memcg ancestry (classic tracepoint without the task):
+    /// good for the OOM domain, not for the victim's own cgroup.
+    pub const MEMCG_CHAIN_OF_TRIGGER: u32 = 1 << 14;
 }
 
 /// How the program that produced the event was attached.

@@ -359,15 +359,24 @@ pub fn mark_victim_tp(ctx: TracePointContext) -> i32 {
     // The chosen task of the current OOM invocation gives us the cgroups; it is the victim
     // unless this is one of a group kill's other members.
     let chosen = OOM_CHOSEN.get(0).copied().unwrap_or(0);
-    if ev.valid & valid::OOM_CONTEXT != 0 && chosen != 0 {
-        let o = OFFSETS.load();
-        if unsafe { read::<u32>(chosen, o.task_pid) } == Some(ev.victim_pid) {
-            let v = ev.valid;
-            if v & valid::RSS != 0 {
-                unsafe { fill_cgroups(ev, &o, chosen) };
-            } else {
-                unsafe { fill_from_task(ev, chosen, None) };
-            }
+    let o = OFFSETS.load();
+    if ev.valid & valid::OOM_CONTEXT != 0
+        && chosen != 0
+        && unsafe { read::<u32>(chosen, o.task_pid) } == Some(ev.victim_pid)
+    {
+        if ev.valid & valid::RSS != 0 {
+            unsafe { fill_cgroups(ev, &o, chosen) };
+        } else {
+            unsafe { fill_from_task(ev, chosen, None) };
+        }
+    } else {
+        // The memcg being charged is the trigger's (or an ancestor's): its ancestry holds the
+        // OOM domain, read in the kernel at the kill.
+        let cset = unsafe { read_ptr(bpf_get_current_task(), o.task_cgroups) };
+        let (depth, _) = unsafe { fill_memcg_chain(&o, &mut ev.memcg, read_ptr(cset, o.cset_memcg_css)) };
+        if depth > 0 {
+            ev.memcg_depth = depth;
+            ev.valid |= valid::MEMCG_CHAIN_OF_TRIGGER;
         }
     }
     debug!(&ctx, "mark_victim (tracepoint) pid={}", ev.victim_pid);

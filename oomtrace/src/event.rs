@@ -163,9 +163,10 @@ fn path_of<'a>(names: impl DoubleEndedIterator<Item = &'a [u8]>) -> String {
     format!("/{}", parts.join("/"))
 }
 
-/// The memcg ancestry as the kernel captured it, `[0]` = the victim's memcg.
+/// The memcg ancestry as the kernel captured it: `[0]` = the victim's memcg, or the
+/// trigger's where only that was known (MEMCG_CHAIN_OF_TRIGGER).
 pub fn memcg_levels(raw: &OomEvent) -> &[MemcgLevel] {
-    if raw.valid & valid::MEMCG_CHAIN == 0 {
+    if raw.valid & (valid::MEMCG_CHAIN | valid::MEMCG_CHAIN_OF_TRIGGER) == 0 {
         return &[];
     }
     &raw.memcg[..(raw.memcg_depth as usize).min(MAX_CGROUP_DEPTH)]
@@ -243,17 +244,18 @@ impl Decoder {
         };
 
         let memcg = memcg_levels(raw);
+        let victims_memcg = if has(valid::MEMCG_CHAIN) { memcg } else { &[] };
         let dfl = dfl_levels(raw);
         let mut cgroup = VictimCgroup {
             id: dfl.first().map(|l| l.id),
             path: (!dfl.is_empty()).then(|| path_of(dfl.iter().map(|l| &l.name[..]))),
             memory: CgroupRef {
-                id: memcg.first().map(|l| l.id),
-                path: (!memcg.is_empty()).then(|| memcg_path(memcg, 0)),
+                id: victims_memcg.first().map(|l| l.id),
+                path: (!victims_memcg.is_empty()).then(|| memcg_path(victims_memcg, 0)),
             },
             source: "kernel".into(),
         };
-        if dfl.is_empty() && memcg.is_empty() {
+        if dfl.is_empty() && victims_memcg.is_empty() {
             cgroup.source = "unknown".into();
             if let Some((v2, mem)) = victim.pid.and_then(crate::cgroup_fs::proc_cgroups) {
                 if let Some(h) = &self.hierarchies {

@@ -34,8 +34,12 @@ impl Watch {
         let out = child.stdout.take().expect("stdout");
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let v: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("oomtrace printed a line that is not JSON ({e}): {line}"));
+                let v = match serde_json::from_str::<Value>(&line) {
+                    Ok(v) => check_schema(v),
+                    Err(e) => Err(format!("not JSON ({e}): {line}")),
+                };
+                // A bad line reaches the test as an error object it will fail on.
+                let v = v.unwrap_or_else(|e| serde_json::json!({ "invalid_output": e }));
                 if tx.send(v).is_err() {
                     return;
                 }
@@ -73,6 +77,7 @@ impl Watch {
         while got.len() < n {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.events.recv_timeout(left) {
+                Ok(v) if v.get("invalid_output").is_some() => panic!("oomtrace printed an invalid line: {}", v["invalid_output"]),
                 Ok(v) if pred(&v) => got.push(v),
                 Ok(_) => {}
                 Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
@@ -105,6 +110,33 @@ impl Drop for Watch {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Validates a printed object against the JSON Schema its `schema` field names
+/// (docs/oom_kill.schema.json, docs/memory_pressure.schema.json).
+pub fn check_schema(v: Value) -> Result<Value, String> {
+    static SCHEMAS: std::sync::OnceLock<Vec<(String, jsonschema::Validator)>> = std::sync::OnceLock::new();
+    let schemas = SCHEMAS.get_or_init(|| {
+        let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+        [("oomtrace.oom_kill/v1", "oom_kill.schema.json"), ("oomtrace.memory_pressure/v1", "memory_pressure.schema.json")]
+            .into_iter()
+            .map(|(name, file)| {
+                let text = std::fs::read_to_string(docs.join(file)).expect("schema file");
+                let schema: Value = serde_json::from_str(&text).expect("schema is JSON");
+                (name.to_string(), jsonschema::validator_for(&schema).expect("valid JSON Schema"))
+            })
+            .collect()
+    });
+    let name = v["schema"].as_str().unwrap_or_default();
+    let Some((_, validator)) = schemas.iter().find(|(n, _)| n == name) else {
+        return Err(format!("unknown schema {name:?}: {v}"));
+    };
+    let errors: Vec<String> = validator.iter_errors(&v).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+    if errors.is_empty() {
+        Ok(v)
+    } else {
+        Err(format!("{} schema violations: {}\n{v}", errors.len(), errors.join("; ")))
     }
 }
 
