@@ -19,12 +19,5 @@ pub mod watch;
 /// This node's name: `NODE_NAME` (set from the downward API in the DaemonSet), else the
 /// hostname.
 pub fn node_name() -> String {
-    if let Ok(n) = std::env::var("NODE_NAME") {
-        if !n.is_empty() {
-            return n;
-        }
-    }
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
+    k8s::pod_index::node_name().unwrap_or_else(|| "unknown".into())
 }

@@ -47,6 +47,7 @@ pub struct TestCgroup {
     /// Path relative to the hierarchy root, with a leading '/': what oomtrace reports.
     pub rel: String,
     children: Vec<TestCgroup>,
+    owned: bool,
 }
 
 impl TestCgroup {
@@ -70,7 +71,7 @@ impl TestCgroup {
     fn create(version: Version, root: PathBuf, rel: String) -> Result<Self> {
         let dir = root.join(rel.trim_start_matches('/'));
         std::fs::create_dir(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
-        let cg = Self { version, root, rel, children: Vec::new() };
+        let cg = Self { version, root, rel, children: Vec::new(), owned: true };
         if version == Version::V2 {
             // Children need the controller enabled here; harmless for a leaf.
             let _ = cg.write("cgroup.subtree_control", "+memory");
@@ -79,6 +80,12 @@ impl TestCgroup {
             let _ = cg.write("memory.swappiness", "0");
         }
         Ok(cg)
+    }
+
+    /// A handle on an existing cgroup that something else owns: dropping it removes nothing.
+    pub fn handle(rel: &str) -> Result<TestCgroup> {
+        let (version, root) = memory_root()?;
+        Ok(Self { version, root, rel: rel.to_string(), children: Vec::new(), owned: false })
     }
 
     /// A child cgroup, removed before this one.
@@ -183,7 +190,9 @@ impl TestCgroup {
 impl Drop for TestCgroup {
     fn drop(&mut self) {
         self.children.clear();
-        Self::remove(&self.dir());
+        if self.owned {
+            Self::remove(&self.dir());
+        }
     }
 }
 
@@ -203,13 +212,13 @@ pub struct Hog {
     pub mib: u64,
     pub kind: HogKind,
     pub hold_ms: u64,
-    /// argv[0] as the kernel will report it (comm).
-    pub name: String,
+    /// Run as PID 1 of a new pid namespace (a container's main process).
+    pub pid1: bool,
 }
 
 impl Hog {
     pub fn anon(mib: u64) -> Self {
-        Self { mib, kind: HogKind::Anon, hold_ms: 0, name: "oomtrace-hog".into() }
+        Self { mib, kind: HogKind::Anon, hold_ms: 0, pid1: false }
     }
 
     pub fn command(&self) -> Command {
@@ -220,6 +229,7 @@ impl Hog {
                 HogKind::Shmem => "shmem",
             })
             .arg(self.hold_ms.to_string())
+            .args(self.pid1.then_some("pid1"))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null());
         c

@@ -22,9 +22,16 @@ pub struct Watch {
 impl Watch {
     /// Starts `oomtrace watch -o json <args>` and waits until it says it is attached.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_cmd(&["watch", "-o", "json"], args, &[])
+    }
+
+    /// Starts `oomtrace <sub...> <args>` with extra environment variables and waits until
+    /// it says it is attached.
+    pub fn start_cmd(sub: &[&str], args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(oomtrace_binary())
-            .args(["watch", "-o", "json"])
+            .args(sub)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -1,6 +1,8 @@
-//! A bounded memory hog for OOM tests: `oomtrace-hog <MiB> <anon|shmem> <hold_ms>`.
+//! A bounded memory hog for OOM tests: `oomtrace-hog <MiB> <anon|shmem> <hold_ms> [pid1]`.
 //! Grows by 1 MiB steps, touching every page so it is really charged, then holds what it has
-//! for `hold_ms` and exits 0 if nothing killed it.
+//! for `hold_ms` and exits 0 if nothing killed it. With `pid1` it first enters a new pid
+//! namespace and grows as its PID 1, like a container's main process; the outer process
+//! dies the way the inner one did.
 use std::io::Write;
 
 fn main() {
@@ -8,6 +10,9 @@ fn main() {
     let mib: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(256);
     let kind = args.get(2).map(String::as_str).unwrap_or("anon");
     let hold_ms: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(0);
+    if args.get(4).map(String::as_str) == Some("pid1") {
+        as_pid1();
+    }
     const MIB: usize = 1 << 20;
     let mut keep: Vec<*mut u8> = Vec::with_capacity(mib);
     for _ in 0..mib {
@@ -31,4 +36,28 @@ fn main() {
     }
     let _ = writeln!(std::io::stdout(), "survived with {mib} MiB");
     std::thread::sleep(std::time::Duration::from_millis(hold_ms));
+}
+
+/// Continues as PID 1 of a new pid namespace; this process waits and mirrors its fate.
+fn as_pid1() {
+    // SAFETY: plain syscalls; the child only continues into `main`'s allocation loop.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWPID) != 0 {
+            eprintln!("unshare(CLONE_NEWPID): {}", std::io::Error::last_os_error());
+            std::process::exit(3);
+        }
+        match libc::fork() {
+            -1 => std::process::exit(3),
+            0 => {}
+            child => {
+                let mut status = 0;
+                libc::waitpid(child, &mut status, 0);
+                if libc::WIFSIGNALED(status) {
+                    libc::signal(libc::WTERMSIG(status), libc::SIG_DFL);
+                    libc::raise(libc::WTERMSIG(status));
+                }
+                std::process::exit(libc::WEXITSTATUS(status));
+            }
+        }
+    }
 }

@@ -1,0 +1,228 @@
+//! Kills in Kubernetes pods name the right pod and container — from kubelet-shaped cgroups,
+//! a real pod list/watch (the test API server), and real OOM kills.
+use oomtrace_tests::apiserver::{container_id, containerd_id, pod, ApiServer};
+use oomtrace_tests::cgroup::{Hog, TestCgroup};
+use oomtrace_tests::oomtrace_proc::{victim_is, Watch};
+use oomtrace_tests::require_root_and_btf;
+use serde_json::Value;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+const UID: &str = "5f2b6c1e-8d4a-4e3b-9a7c-2d1e0f9b8a76";
+
+/// kubelet's cgroupfs layout under a private root:
+/// `<root>/kubepods/burstable/pod<uid>/<container id>`.
+struct Layout {
+    root: TestCgroup,
+    pod_rel: String,
+    container_rel: String,
+}
+
+impl Layout {
+    fn new(cid: &str, pod_limit: u64, container_limit: u64) -> Self {
+        let mut root = TestCgroup::new("oomtrace-k8s").unwrap();
+        let pod_rel;
+        let container_rel;
+        {
+            let kubepods = root.child("kubepods").unwrap();
+            let qos = kubepods.child("burstable").unwrap();
+            let p = qos.child(&format!("pod{UID}")).unwrap();
+            p.set_limit(pod_limit).unwrap();
+            pod_rel = p.rel.clone();
+            let c = p.child(cid).unwrap();
+            c.set_limit(container_limit).unwrap();
+            container_rel = c.rel.clone();
+        }
+        Layout { root, pod_rel, container_rel }
+    }
+
+    fn container(&self) -> TestCgroup {
+        // A handle on the existing container cgroup (the root owns and removes it).
+        TestCgroup::handle(&self.container_rel).unwrap()
+    }
+}
+
+struct Cluster {
+    api: ApiServer,
+    kubeconfig: std::path::PathBuf,
+    node: String,
+}
+
+impl Cluster {
+    fn new() -> Self {
+        let api = ApiServer::start();
+        let kubeconfig = std::env::temp_dir().join(format!("oomtrace-kubeconfig-{}-{}", std::process::id(), api.port()));
+        api.write_kubeconfig(&kubeconfig).unwrap();
+        Cluster { api, kubeconfig, node: format!("node-e2e-{}", std::process::id()) }
+    }
+
+    fn add_pod(&self, cid_seed: &str) {
+        self.api.add_pod(pod(
+            "shop",
+            "api-7d9f8b6c4-x2x9z",
+            UID,
+            &self.node,
+            "Burstable",
+            &[("app", &containerd_id(cid_seed), Some("64Mi"), Some("32Mi"))],
+            Some(("api", "7d9f8b6c4")),
+        ));
+    }
+
+    fn watch(&self) -> Watch {
+        let w = Watch::start_cmd(
+            &["watch", "-o", "json"],
+            &["--kubeconfig", self.kubeconfig.to_str().unwrap()],
+            &[("NODE_NAME", &self.node)],
+        );
+        w
+    }
+
+    /// Waits until the daemon's pod watch is established (its initial list is done).
+    fn wait_synced(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.api.requests().iter().any(|r| r.is_pod_watch()) {
+            assert!(Instant::now() < deadline, "oomtrace never started watching pods");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.kubeconfig);
+    }
+}
+
+fn kill(cg: &TestCgroup, w: &Watch, cmd: &mut Command) -> Value {
+    let mut c = cg.spawn(cmd).unwrap();
+    let pid = c.id();
+    let st = c.wait().unwrap();
+    assert!(st.signal() == Some(libc::SIGKILL) || st.code() == Some(137), "{st:?}");
+    let evs = w.collect(1, Duration::from_secs(30), |v| {
+        v["k8s"]["pod_uid"] == UID && (victim_is(pid)(v) || v["victim"]["ns_pid"] == 1)
+    });
+    assert_eq!(evs.len(), 1, "stderr:\n{}", w.stderr_text());
+    evs.into_iter().next().unwrap()
+}
+
+fn assert_names_the_pod(e: &Value, cid: &str) {
+    let k = &e["k8s"];
+    assert_eq!(k["resolved"], true, "{e:#}");
+    assert_eq!(k["namespace"], "shop");
+    assert_eq!(k["pod"], "api-7d9f8b6c4-x2x9z");
+    assert_eq!(k["pod_uid"], UID);
+    assert_eq!(k["container"], "app");
+    assert_eq!(k["container_id"], cid);
+    assert_eq!(k["qos_class"], "Burstable");
+    assert_eq!(k["owner"]["kind"], "Deployment");
+    assert_eq!(k["owner"]["name"], "api");
+    assert_eq!(k["limits_memory_bytes"], 64 * MIB);
+    assert_eq!(k["requests_memory_bytes"], 32 * MIB);
+    assert_eq!(k["cgroup_level"], "container");
+    assert_eq!(e["resource"]["k8s.pod.name"], "api-7d9f8b6c4-x2x9z");
+    assert_eq!(e["resource"]["k8s.namespace.name"], "shop");
+    assert_eq!(e["resource"]["container.id"], cid);
+}
+
+#[test]
+fn container_kill_names_namespace_pod_container_qos_and_owner() {
+    require_root_and_btf();
+    let c = Cluster::new();
+    c.add_pod("c1");
+    let cid = container_id("c1");
+    let layout = Layout::new(&cid, 256 * MIB, 64 * MIB);
+    let w = c.watch();
+    c.wait_synced();
+    let e = kill(&layout.container(), &w, &mut Hog::anon(512).command());
+    assert_names_the_pod(&e, &cid);
+    assert_eq!(e["oom"]["cgroup"], layout.container_rel.as_str());
+    // Not the container's PID 1: the container keeps running, and only this event says so.
+    assert_eq!(e["victim"]["container_init"], false);
+    drop(layout.root);
+}
+
+#[test]
+fn main_process_of_the_container_is_flagged() {
+    require_root_and_btf();
+    let c = Cluster::new();
+    c.add_pod("c2");
+    let cid = container_id("c2");
+    let layout = Layout::new(&cid, 256 * MIB, 64 * MIB);
+    let w = c.watch();
+    c.wait_synced();
+    // The hog as PID 1 of its own pid namespace, as a container's entrypoint is.
+    let e = kill(&layout.container(), &w, &mut Hog { pid1: true, ..Hog::anon(512) }.command());
+    assert_eq!(e["victim"]["ns_pid"], 1, "{e:#}");
+    assert_eq!(e["victim"]["container_init"], true);
+    assert_names_the_pod(&e, &cid);
+}
+
+#[test]
+fn pod_deleted_just_before_the_kill_is_still_named() {
+    require_root_and_btf();
+    let c = Cluster::new();
+    c.add_pod("c3");
+    let cid = container_id("c3");
+    let layout = Layout::new(&cid, 256 * MIB, 64 * MIB);
+    let w = c.watch();
+    c.wait_synced();
+    c.api.delete_pod("shop", "api-7d9f8b6c4-x2x9z").expect("pod existed");
+    std::thread::sleep(Duration::from_secs(2));
+    let e = kill(&layout.container(), &w, &mut Hog::anon(512).command());
+    assert_names_the_pod(&e, &cid);
+    assert_eq!(e["k8s"]["pod_deleted"], true);
+}
+
+#[test]
+fn api_server_down_still_reports_the_kill_with_the_pod_uid() {
+    require_root_and_btf();
+    let c = Cluster::new();
+    c.add_pod("c4");
+    c.api.stop();
+    let cid = container_id("c4");
+    let layout = Layout::new(&cid, 256 * MIB, 64 * MIB);
+    let w = c.watch();
+    let e = kill(&layout.container(), &w, &mut Hog::anon(512).command());
+    let k = &e["k8s"];
+    assert_eq!(k["resolved"], false, "{e:#}");
+    assert_eq!(k["pod_uid"], UID);
+    assert_eq!(k["container_id"], cid.as_str());
+    assert_eq!(k["qos_class"], "Burstable");
+    assert!(k["pod"].is_null() && k["namespace"].is_null());
+    // The kill itself is fully reported.
+    assert_eq!(e["oom"]["limit_bytes"], 64 * MIB);
+}
+
+#[test]
+fn kill_at_the_pod_limit_names_the_pod_cgroup_and_the_container() {
+    require_root_and_btf();
+    let c = Cluster::new();
+    c.add_pod("c5");
+    let cid = container_id("c5");
+    // The container is allowed 128 MiB, the pod only 64 MiB.
+    let layout = Layout::new(&cid, 64 * MIB, 128 * MIB);
+    let w = c.watch();
+    c.wait_synced();
+    let e = kill(&layout.container(), &w, &mut Hog::anon(512).command());
+    assert_eq!(e["oom"]["cgroup"], layout.pod_rel.as_str(), "{e:#}");
+    assert_eq!(e["oom"]["limit_bytes"], 64 * MIB);
+    assert_eq!(e["cgroup"]["memory"]["path"], layout.container_rel.as_str());
+    assert_names_the_pod(&e, &cid);
+    assert_eq!(e["verdict"], "pod-level limit hit while every container was under its own");
+}
+
+#[test]
+fn without_kubernetes_there_is_one_info_line_and_no_pod_index() {
+    require_root_and_btf();
+    let home = std::env::temp_dir().join(format!("oomtrace-nohome-{}", std::process::id()));
+    std::fs::create_dir_all(&home).unwrap();
+    let w = Watch::start_cmd(&["watch", "-o", "json", "-v"], &[], &[("HOME", home.to_str().unwrap()), ("KUBECONFIG", "")]);
+    std::thread::sleep(Duration::from_millis(300));
+    let err = w.stderr_text();
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("Kubernetes")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("no Kubernetes config found"), "{err}");
+    let _ = std::fs::remove_dir(&home);
+}
