@@ -98,6 +98,12 @@ impl Watch {
         self.collect(usize::MAX, quiet, pred)
     }
 
+    /// Sends `sig` to the oomtrace process.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain syscall on our child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
     /// SIGTERM, then waits for a clean exit; returns the exit status.
     pub fn stop(mut self) -> std::process::ExitStatus {
         // SAFETY: plain syscall on our child.
