@@ -25,13 +25,22 @@ pub struct Resolved {
 
 impl KernelBtf {
     pub fn open(path: &Path) -> Result<Self> {
-        let btf = Btf::from_file(path).with_context(|| {
+        let bytes = std::fs::read(path).with_context(|| {
             format!(
                 "cannot read kernel BTF at {}: oomtrace needs a kernel built with \
                  CONFIG_DEBUG_INFO_BTF=y (5.8 or newer)",
                 path.display()
             )
         })?;
+        Self::from_bytes(&bytes).with_context(|| format!("parsing kernel BTF {}", path.display()))
+    }
+
+    /// Parses BTF from memory (a file from a BTF archive, or a fuzzer's bytes).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        // A malformed file must be an error, never a crash of the daemon.
+        let btf = std::panic::catch_unwind(|| Btf::from_bytes(bytes))
+            .map_err(|_| anyhow!("malformed BTF"))?
+            .context("malformed BTF")?;
         Ok(Self { btf })
     }
 
@@ -322,5 +331,61 @@ impl KernelBtf {
             ),
         };
         Resolved { offsets, missing }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn vmlinux() -> Option<Vec<u8>> {
+        std::fs::read(VMLINUX_BTF).ok()
+    }
+
+    #[test]
+    fn resolves_this_kernel() {
+        let Some(bytes) = vmlinux() else {
+            panic!("no {VMLINUX_BTF}: this kernel has no BTF");
+        };
+        let k = KernelBtf::from_bytes(&bytes).unwrap();
+        let r = k.resolve();
+        assert!(r.missing.iter().all(|m| m.starts_with("oom_control") || m.contains("swap")), "{:?}", r.missing);
+        assert_ne!(r.offsets.task_pid, OFFSET_MISSING);
+        assert_ne!(r.offsets.mm_rss_anon, OFFSET_MISSING);
+        assert_ne!(r.offsets.memcg_usage, OFFSET_MISSING);
+        assert!(r.offsets.memcg_max > r.offsets.memcg_usage, "page_counter.max after usage");
+        assert!(k.mark_victim_has_task());
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(KernelBtf::from_bytes(b"").is_err());
+        assert!(KernelBtf::from_bytes(b"\x9f\xeb\x01\x00garbage").is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Corrupting the real kernel BTF anywhere in its header and first types never
+        /// panics, and whatever parses still resolves (or reports missing members).
+        #[test]
+        fn corrupted_btf_never_panics(
+            flips in proptest::collection::vec((0usize..4096, any::<u8>()), 1..16),
+            cut in proptest::option::of(0usize..8192),
+        ) {
+            let Some(mut bytes) = vmlinux() else { return Ok(()) };
+            for (at, v) in flips {
+                if let Some(b) = bytes.get_mut(at) {
+                    *b ^= v;
+                }
+            }
+            if let Some(cut) = cut {
+                bytes.truncate(cut);
+            }
+            if let Ok(k) = KernelBtf::from_bytes(&bytes) {
+                let _ = k.resolve();
+                let _ = k.mark_victim_has_task();
+            }
+        }
     }
 }

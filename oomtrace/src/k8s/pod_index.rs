@@ -1591,4 +1591,75 @@ mod tests {
         }
         assert!(node_name().is_some());
     }
+
+    /// Arbitrary JSON shaped like a Pod (random strings, numbers and nesting in the fields the
+    /// index reads) never panics the conversion, whatever deserializes.
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn json() -> impl Strategy<Value = serde_json::Value> {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(Into::into),
+                any::<i64>().prop_map(Into::into),
+                "\\PC{0,24}".prop_map(Into::into),
+                prop::sample::select(vec!["128Mi", "1.5Gi", "1e3", "-1", "0.0001Ki", "999999999999999999999E", "containerd://", "docker://ab", "ReplicaSet", "pod-template-hash"]).prop_map(Into::into),
+            ];
+            leaf.prop_recursive(4, 64, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+                    prop::collection::btree_map(
+                        prop::sample::select(vec![
+                            "metadata", "spec", "status", "name", "namespace", "uid", "labels", "ownerReferences", "kind",
+                            "containers", "initContainers", "ephemeralContainers", "containerStatuses", "resources",
+                            "limits", "requests", "memory", "containerID", "lastState", "terminated", "qosClass", "nodeName",
+                            "controller", "apiVersion", "pod-template-hash",
+                        ]).prop_map(String::from),
+                        inner,
+                        0..5,
+                    )
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+            #[test]
+            fn pod_json_never_panics(v in json()) {
+                if let Ok(pod) = serde_json::from_value::<Pod>(v) {
+                    let _ = pod_info(&pod);
+                    let _ = resolve_owner(&pod);
+                }
+            }
+
+            /// Real-shaped pods with arbitrary values where the index parses strings.
+            #[test]
+            fn shaped_pods_never_panic(
+                name in "\\PC{0,30}", rs in "\\PC{0,30}", hash in "\\PC{0,12}",
+                limit in "\\PC{0,16}", request in "[0-9.eEkMGTPKi-]{0,12}",
+                id in "\\PC{0,80}", last_id in "\\PC{0,80}", qos in "\\PC{0,12}",
+            ) {
+                let v = serde_json::json!({
+                    "metadata": {"name": name, "namespace": "ns", "uid": "u",
+                        "labels": {"pod-template-hash": hash},
+                        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs, "uid": "o", "controller": true}]},
+                    "spec": {"nodeName": "n", "containers": [{"name": "c", "resources": {"limits": {"memory": limit}, "requests": {"memory": request}}}]},
+                    "status": {"qosClass": qos, "containerStatuses": [{"name": "c", "containerID": id, "image": "i", "imageID": "", "ready": true, "restartCount": 1,
+                        "lastState": {"terminated": {"exitCode": 137, "containerID": last_id}}}]}
+                });
+                let pod: Pod = serde_json::from_value(v).expect("shaped pod deserializes");
+                let info = pod_info(&pod).expect("a pod with metadata yields info");
+                prop_assert_eq!(info.containers.len(), 1);
+                let _ = resolve_owner(&pod);
+            }
+
+            #[test]
+            fn quantities_never_panic(s in "\\PC{0,40}") {
+                let _ = parse_memory_quantity(&s);
+                let _ = bare_container_id(&s);
+            }
+        }
+    }
 }
