@@ -111,19 +111,25 @@ pub fn check_privileges() -> Result<()> {
     Ok(())
 }
 
-fn raise_memlock() {
-    // Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK. Returns why raising it failed, to
+/// explain a later EPERM (newer kernels do not need it, so the failure alone is no error).
+fn raise_memlock() -> Option<String> {
     let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: valid pointer to a rlimit.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
-        tracing::debug!("could not raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+        let e = std::io::Error::last_os_error();
+        tracing::debug!("could not raise RLIMIT_MEMLOCK: {e}");
+        return Some(format!(
+            "raising RLIMIT_MEMLOCK failed ({e}): kernels before 5.11 need it raised (CAP_SYS_RESOURCE) to load BPF maps"
+        ));
     }
+    None
 }
 
 impl Tracer {
     pub fn start(opts: &Options) -> Result<Self> {
         check_privileges()?;
-        raise_memlock();
+        let memlock = raise_memlock();
         if !opts.ring_buffer_bytes.is_power_of_two() || opts.ring_buffer_bytes < 4096 {
             bail!("ring buffer size must be a power of two of at least 4096 bytes, got {}", opts.ring_buffer_bytes);
         }
@@ -145,13 +151,17 @@ impl Tracer {
             VictimHook::Auto => kbtf.mark_victim_has_task(),
         };
         let first = if use_btf { VictimHook::TpBtf } else { VictimHook::Tracepoint };
-        match Self::load(opts, &btf, &resolved.offsets, first) {
+        let loaded = match Self::load(opts, &btf, &resolved.offsets, first) {
             Ok(t) => Ok(t),
             Err(e) if opts.victim_hook == VictimHook::Auto && first == VictimHook::TpBtf => {
                 tracing::warn!("tp_btf/mark_victim unavailable ({e:#}); using the classic tracepoint");
                 Self::load(opts, &btf, &resolved.offsets, VictimHook::Tracepoint)
             }
             Err(e) => Err(e),
+        };
+        match (loaded, memlock) {
+            (Err(e), Some(hint)) => Err(e.context(hint)),
+            (r, _) => r,
         }
     }
 
