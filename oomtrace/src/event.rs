@@ -294,7 +294,7 @@ impl Decoder {
             },
             Domain::Memcg { index } => {
                 let l = &memcg[index];
-                let finite = |p: u64| (p < (1u64 << 50)).then_some(p * page);
+                let finite = |p: u64| (p < (1u64 << 50)).then(|| p * page);
                 Oom {
                     constraint: Some("memcg".into()),
                     cgroup: Some(memcg_path(memcg, index)),

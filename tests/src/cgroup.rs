@@ -73,8 +73,6 @@ impl TestCgroup {
         std::fs::create_dir(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
         let cg = Self { version, root, rel, children: Vec::new(), owned: true };
         if version == Version::V2 {
-            // Children need the controller enabled here; harmless for a leaf.
-            let _ = cg.write("cgroup.subtree_control", "+memory");
             let _ = cg.write("memory.swap.max", "0");
         } else {
             let _ = cg.write("memory.swappiness", "0");
@@ -90,6 +88,11 @@ impl TestCgroup {
 
     /// A child cgroup, removed before this one.
     pub fn child(&mut self, name: &str) -> Result<&mut TestCgroup> {
+        if self.version == Version::V2 {
+            // On v2 a cgroup with controllers enabled for children holds no processes itself,
+            // so the controller is enabled only once this cgroup gets a child.
+            self.write("cgroup.subtree_control", "+memory")?;
+        }
         let c = Self::create(self.version, self.root.clone(), format!("{}/{name}", self.rel))?;
         self.children.push(c);
         Ok(self.children.last_mut().expect("just pushed"))
