@@ -89,6 +89,15 @@ fn print(out: &mut impl Write, format: Format, k: &ClusterKill, header: &mut boo
     out.flush()
 }
 
+/// Whether this kill (Event uid, count) was not seen yet; remembers it.
+fn first_time(shown: &mut HashMap<String, i32>, uid: String, k: &ClusterKill) -> bool {
+    if shown.get(&uid).is_some_and(|c| *c >= k.count) {
+        return false;
+    }
+    shown.insert(uid, k.count);
+    true
+}
+
 pub async fn run(client: Client, filter: Filter, format: Format, since: Option<Duration>, count: Option<u64>) -> Result<()> {
     let api: Api<Event> = Api::all(client);
     let cfg = watcher::Config::default().fields(&format!("reason={REASON}"));
@@ -98,7 +107,7 @@ pub async fn run(client: Client, filter: Filter, format: Format, since: Option<D
     let mut printed = 0u64;
     // Per Event uid, the count already shown: a relist must not print kills twice.
     let mut shown: HashMap<String, i32> = HashMap::new();
-    let mut initial: Vec<ClusterKill> = Vec::new();
+    let mut initial: Vec<(String, ClusterKill)> = Vec::new();
     let mut synced = false;
     let cutoff = since.map(|d| {
         k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::try_from(d).unwrap_or_default()
@@ -116,25 +125,26 @@ pub async fn run(client: Client, filter: Filter, format: Format, since: Option<D
         let mut ready = Vec::new();
         match ev {
             watcher::Event::Init => initial.clear(),
-            watcher::Event::InitApply(e) | watcher::Event::Apply(e) => {
+            // A (re)list is kept until complete, then shown oldest first.
+            watcher::Event::InitApply(e) => {
                 let Some(k) = from_event(&e) else { continue };
-                let uid = e.metadata.uid.clone().unwrap_or_default();
-                if shown.get(&uid).is_some_and(|c| *c >= k.count) {
-                    continue;
-                }
-                shown.insert(uid, k.count);
-                if synced {
+                initial.push((e.metadata.uid.clone().unwrap_or_default(), k));
+            }
+            watcher::Event::Apply(e) => {
+                let Some(k) = from_event(&e) else { continue };
+                if first_time(&mut shown, e.metadata.uid.clone().unwrap_or_default(), &k) {
                     ready.push(k);
-                } else {
-                    initial.push(k);
                 }
             }
             watcher::Event::InitDone => {
-                if !synced {
-                    synced = true;
-                    initial.sort_by_key(|k| k.at);
-                    ready.extend(initial.drain(..).filter(|k| cutoff.is_some_and(|c| k.at.is_some_and(|at| at >= c))));
+                initial.sort_by_key(|(_, k)| k.at);
+                for (uid, k) in initial.drain(..) {
+                    // The first list shows the kills of --since; a relist, those missed meanwhile.
+                    if first_time(&mut shown, uid, &k) && (synced || cutoff.is_some_and(|c| k.at.is_some_and(|at| at >= c))) {
+                        ready.push(k);
+                    }
                 }
+                synced = true;
             }
             watcher::Event::Delete(_) => {}
         }
@@ -142,7 +152,13 @@ pub async fn run(client: Client, filter: Filter, format: Format, since: Option<D
             if !filter.matches(k.namespace.as_deref(), k.pod.as_deref(), k.container.as_deref()) {
                 continue;
             }
-            print(&mut out, format, &k, &mut header)?;
+            if let Err(e) = print(&mut out, format, &k, &mut header) {
+                // The reader went away (`| head`): done, like the node view.
+                if e.kind() == std::io::ErrorKind::BrokenPipe {
+                    return Ok(());
+                }
+                return Err(e.into());
+            }
             printed += 1;
             if count.is_some_and(|n| printed >= n) {
                 return Ok(());

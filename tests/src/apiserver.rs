@@ -23,9 +23,24 @@
 //!   `ADDED` events for the current pods; `sendInitialEvents=true` (streaming lists) is
 //!   supported too and ends the initial events with a bookmark annotated
 //!   `k8s.io/initial-events-end: "true"`.
-//! * `POST /api/v1/namespaces/{ns}/events` and `/apis/events.k8s.io/v1/namespaces/{ns}/events`
-//!   (201, the object echoed with `metadata.name`/`namespace`/`uid`/`resourceVersion` filled
-//!   in) and `PATCH .../events/{name}` (JSON merge patch). See [`ApiServer::events`].
+//! * Events, in both APIs over one store (each object converted to the API it is read
+//!   through, e.g. `regarding` <-> `involvedObject`, `note` <-> `message`,
+//!   `reportingController` <-> `reportingComponent`):
+//!   * `POST /api/v1/namespaces/{ns}/events` and
+//!     `/apis/events.k8s.io/v1/namespaces/{ns}/events` (201, the object echoed with
+//!     `metadata.name` (from `generateName` if need be), `namespace`, `uid`,
+//!     `resourceVersion`, `creationTimestamp` filled in; 409 if the name exists) and
+//!     `PATCH .../events/{name}` (JSON merge patch; 409 on a stale
+//!     `metadata.resourceVersion` precondition). See [`ApiServer::events`].
+//!   * `GET /apis/events.k8s.io/v1/events`, `/apis/events.k8s.io/v1/namespaces/{ns}/events`,
+//!     `/api/v1/events`, `/api/v1/namespaces/{ns}/events` (an `EventList`), and
+//!     `GET .../events/{name}`; with `watch=true`, the same watch protocol as pods (one
+//!     resourceVersion counter and one change history for pods and events, so the 410
+//!     behaviour is the same). `fieldSelector` takes the fields the real server supports:
+//!     `metadata.name`, `metadata.namespace`, `reason`, `type`, and `regarding.*` +
+//!     `reportingController` (events.k8s.io) or `involvedObject.*` + `reportingComponent` +
+//!     `source` (core). Inject Events as if another node's daemon had published them with
+//!     [`ApiServer::add_event`] / [`ApiServer::patch_event`] / [`ApiServer::delete_event`].
 //! * `GET /version`.
 //!
 //! kube 5's `watcher::Config::default()` uses `InitialListStrategy::ListWatch`: a LIST
@@ -39,7 +54,7 @@
 //! plain `#[test]`s and `#[tokio::test]`s; all control methods are synchronous and quick.
 //! [`ApiServer::stop`] drops that runtime, which cuts every connection (in-flight watches
 //! included); [`ApiServer::restart`] binds the same port again. The pods and history survive
-//! a restart, like etcd does.
+//! a restart, like etcd does (and so do the Events).
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -124,6 +139,33 @@ impl RequestRecord {
     pub fn is_pod_watch(&self) -> bool {
         self.method == "GET" && self.is_pods() && self.is_watch()
     }
+
+    /// A request for Events (either API; list, watch, get, create or patch).
+    pub fn is_events(&self) -> bool {
+        let p = self.path.as_str();
+        (p.starts_with("/api/v1/") || p.starts_with("/apis/events.k8s.io/v1/"))
+            && (p.ends_with("/events") || p.contains("/events/"))
+    }
+
+    /// An Event list (not a watch).
+    pub fn is_event_list(&self) -> bool {
+        self.method == "GET"
+            && self.is_events()
+            && !self.is_watch()
+            && !self.path.contains("/events/")
+    }
+
+    /// An Event watch.
+    pub fn is_event_watch(&self) -> bool {
+        self.method == "GET" && self.is_events() && self.is_watch()
+    }
+}
+
+/// The kinds of objects the server stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resource {
+    Pods,
+    Events,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +178,7 @@ enum Change {
 #[derive(Debug, Clone)]
 struct HistoryEntry {
     rv: u64,
+    resource: Resource,
     change: Change,
     /// The object before a modification.
     old: Option<Value>,
@@ -350,10 +393,85 @@ impl ApiServer {
         self.shared.lock().requests.clone()
     }
 
-    /// Every Event object POSTed or PATCHed, in order, as returned to the client (for a
-    /// PATCH: the merged object).
+    /// Every Event object POSTed or PATCHed over HTTP, in order, as returned to the client
+    /// (for a PATCH: the merged object). Events injected with [`add_event`](Self::add_event)
+    /// and [`patch_event`](Self::patch_event) are not in it; see
+    /// [`stored_events`](Self::stored_events) for the current objects.
     pub fn events(&self) -> Vec<Value> {
         self.shared.lock().events.clone()
+    }
+
+    /// The current Event objects (however they were made), each in the API version it was
+    /// created through, ordered by namespace and name.
+    pub fn stored_events(&self) -> Vec<Value> {
+        self.shared.lock().event_store.values().cloned().collect()
+    }
+
+    /// Stores an Event as if another client (e.g. another node's daemon) had created it: an
+    /// `events.k8s.io/v1` Event (a `k8s_openapi` `Event` of either API, or a
+    /// `serde_json::Value`; without `apiVersion`, `events.k8s.io/v1`). Watches see `ADDED`;
+    /// if one with the same namespace/name exists, it is replaced (`MODIFIED`, keeping its
+    /// UID and creationTimestamp). Fills in `kind`, `metadata.namespace` (default
+    /// `"default"`), `metadata.name` (from `generateName`, else `event-xxxxx`), `metadata.uid`,
+    /// `metadata.creationTimestamp` (unless given: set it to fake an older Event) and
+    /// `metadata.resourceVersion`. Not recorded in [`events`](Self::events). Returns the
+    /// stored object.
+    pub fn add_event(&self, event: impl serde::Serialize) -> Value {
+        let mut event = serde_json::to_value(event).expect("serializing the Event");
+        assert!(event.is_object(), "an Event must be a JSON object");
+        if event["apiVersion"].as_str().is_none_or(str::is_empty) {
+            event["apiVersion"] = json!(EVENTS_V1);
+        }
+        let (ns, name) = event_key(&event);
+        let mut st = self.shared.lock();
+        let old = (!name.is_empty())
+            .then(|| st.event_store.get(&(ns.clone(), name)).cloned())
+            .flatten();
+        let stored = store_event(&mut st, event, &ns, old.as_ref());
+        drop(st);
+        self.shared.notify();
+        stored
+    }
+
+    /// Applies a JSON merge patch to a stored Event (in the API version it is stored in), as
+    /// kube's `Recorder` does for a repeat (`{"series": {"count": 2, "lastObservedTime":
+    /// ...}}`). Watches see `MODIFIED`. Not recorded in [`events`](Self::events). Returns
+    /// the new object, or `None` (nothing changed) if there is no such Event.
+    pub fn patch_event(&self, namespace: &str, name: &str, patch: Value) -> Option<Value> {
+        let mut st = self.shared.lock();
+        let old = st
+            .event_store
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()?;
+        let mut event = old.clone();
+        merge_patch(&mut event, &patch);
+        let stored = store_event(&mut st, event, namespace, Some(&old));
+        drop(st);
+        self.shared.notify();
+        Some(stored)
+    }
+
+    /// Deletes an Event (as the API server's TTL does). Watches see `DELETED`. Returns its
+    /// final state, or `None` if there was no such Event.
+    pub fn delete_event(&self, namespace: &str, name: &str) -> Option<Value> {
+        let mut st = self.shared.lock();
+        let mut event = st
+            .event_store
+            .remove(&(namespace.to_string(), name.to_string()))?;
+        st.rv += 1;
+        let rv = st.rv;
+        meta_mut(&mut event).insert("resourceVersion".into(), json!(rv.to_string()));
+        st.history.push_back(HistoryEntry {
+            rv,
+            resource: Resource::Events,
+            change: Change::Deleted,
+            old: None,
+            new: event.clone(),
+        });
+        trim_history(&mut st);
+        drop(st);
+        self.shared.notify();
+        Some(event)
     }
 
     /// The current pods.
@@ -453,6 +571,7 @@ fn remove_pod(st: &mut State, namespace: &str, name: &str) -> Option<Value> {
     meta.entry("deletionGracePeriodSeconds").or_insert(json!(0));
     st.history.push_back(HistoryEntry {
         rv,
+        resource: Resource::Pods,
         change: Change::Deleted,
         old: None,
         new: pod.clone(),
@@ -535,6 +654,7 @@ fn store_pod(st: &mut State, mut pod: Value, old: Option<&Value>) -> Value {
     st.pods.insert((ns, name), pod.clone());
     st.history.push_back(HistoryEntry {
         rv,
+        resource: Resource::Pods,
         change: if old.is_some() {
             Change::Modified
         } else {
@@ -553,6 +673,128 @@ fn trim_history(st: &mut State) {
             st.compacted_rv = st.compacted_rv.max(e.rv);
         }
     }
+}
+
+const EVENTS_V1: &str = "events.k8s.io/v1";
+
+/// Fields that differ between the two Event APIs: `(events.k8s.io/v1, core v1)`.
+const EVENT_FIELD_NAMES: &[(&str, &str)] = &[
+    ("regarding", "involvedObject"),
+    ("note", "message"),
+    ("reportingController", "reportingComponent"),
+    ("deprecatedSource", "source"),
+    ("deprecatedFirstTimestamp", "firstTimestamp"),
+    ("deprecatedLastTimestamp", "lastTimestamp"),
+    ("deprecatedCount", "count"),
+];
+
+/// An Event as API version `to` (`"v1"` or `"events.k8s.io/v1"`) serves it.
+fn convert_event(event: &Value, to: &str) -> Value {
+    let mut out = event.clone();
+    let Some(map) = out.as_object_mut() else {
+        return out;
+    };
+    let from = map
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or(to)
+        .to_string();
+    if from != to {
+        for (v1, core) in EVENT_FIELD_NAMES {
+            let (src, dst) = if to == "v1" { (v1, core) } else { (core, v1) };
+            if let Some(v) = map.remove(*src) {
+                map.insert(dst.to_string(), v);
+            }
+        }
+    }
+    map.insert("apiVersion".into(), json!(to));
+    map.insert("kind".into(), json!("Event"));
+    out
+}
+
+/// `(namespace or "default", name or "")`.
+fn event_key(event: &Value) -> (String, String) {
+    let meta = &event["metadata"];
+    let ns = meta["namespace"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .unwrap_or("default");
+    let name = meta["name"].as_str().unwrap_or("");
+    (ns.to_string(), name.to_string())
+}
+
+/// Fills in and stores an Event in namespace `ns` (a creation when `old` is `None`, else a
+/// modification of `old`), and records the change. Returns the stored object.
+fn store_event(st: &mut State, mut event: Value, ns: &str, old: Option<&Value>) -> Value {
+    let fresh_uid = new_uid(st);
+    st.rv += 1;
+    let rv = st.rv;
+    if let Some(map) = event.as_object_mut() {
+        map.entry("apiVersion").or_insert_with(|| json!(EVENTS_V1));
+        map.insert("kind".into(), json!("Event"));
+    }
+    let meta = meta_mut(&mut event);
+    let name = match (
+        old.and_then(|o| o["metadata"]["name"].as_str()),
+        meta.get("name").and_then(Value::as_str),
+    ) {
+        (Some(n), _) => n.to_string(),
+        (None, Some(n)) if !n.is_empty() => n.to_string(),
+        _ => {
+            let base = meta
+                .get("generateName")
+                .and_then(Value::as_str)
+                .unwrap_or("event-")
+                .to_string();
+            format!("{base}{:05x}", fnv64(fresh_uid.as_bytes()) & 0xfffff)
+        }
+    };
+    meta.insert("name".into(), json!(name));
+    meta.insert("namespace".into(), json!(ns));
+    let kept = |field: &str| old.and_then(|o| o["metadata"][field].as_str().map(str::to_string));
+    match kept("uid") {
+        Some(uid) => {
+            meta.insert("uid".into(), json!(uid));
+        }
+        None => {
+            if meta
+                .get("uid")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
+                meta.insert("uid".into(), json!(fresh_uid));
+            }
+        }
+    }
+    match kept("creationTimestamp") {
+        Some(ts) => {
+            meta.insert("creationTimestamp".into(), json!(ts));
+        }
+        None => {
+            if meta
+                .get("creationTimestamp")
+                .and_then(Value::as_str)
+                .is_none()
+            {
+                meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
+            }
+        }
+    }
+    meta.insert("resourceVersion".into(), json!(rv.to_string()));
+    st.event_store.insert((ns.to_string(), name), event.clone());
+    st.history.push_back(HistoryEntry {
+        rv,
+        resource: Resource::Events,
+        change: if old.is_some() {
+            Change::Modified
+        } else {
+            Change::Added
+        },
+        old: old.cloned(),
+        new: event.clone(),
+    });
+    trim_history(st);
+    event
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -695,6 +937,12 @@ async fn handle(shared: Arc<Shared>, req: Request<hyper::body::Incoming>) -> Res
     }
 
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // The API an Event request goes through.
+    let events_api = if segments.first() == Some(&"api") {
+        "v1"
+    } else {
+        EVENTS_V1
+    };
     match (&method, segments.as_slice()) {
         (&Method::GET, ["version"]) => json_response(
             StatusCode::OK,
@@ -720,23 +968,49 @@ async fn handle(shared: Arc<Shared>, req: Request<hyper::body::Incoming>) -> Res
             "MethodNotAllowed",
             "the test API server only reads pods",
         ),
+        (&Method::GET, ["api", "v1", "events"])
+        | (&Method::GET, ["apis", "events.k8s.io", "v1", "events"]) => {
+            collection(&shared, Collection::events(events_api), None, &record).await
+        }
+        (&Method::GET, ["api", "v1", "namespaces", ns, "events"])
+        | (&Method::GET, ["apis", "events.k8s.io", "v1", "namespaces", ns, "events"]) => {
+            collection(&shared, Collection::events(events_api), Some(ns), &record).await
+        }
+        (&Method::GET, ["api", "v1", "namespaces", ns, "events", name])
+        | (&Method::GET, ["apis", "events.k8s.io", "v1", "namespaces", ns, "events", name]) => {
+            let event = shared
+                .lock()
+                .event_store
+                .get(&(ns.to_string(), name.to_string()))
+                .map(|e| convert_event(e, events_api));
+            match event {
+                Some(event) => json_response(StatusCode::OK, &event),
+                None => status_response(404, "NotFound", &format!("events \"{name}\" not found")),
+            }
+        }
         (&Method::POST, ["api", "v1", "namespaces", ns, "events"])
         | (&Method::POST, ["apis", "events.k8s.io", "v1", "namespaces", ns, "events"]) => {
-            let api_version = if segments[0] == "api" {
-                "v1"
-            } else {
-                "events.k8s.io/v1"
-            };
             let ns = ns.to_string();
             let body = read_json(req).await;
-            create_event(&shared, &ns, api_version, body)
+            http_create_event(&shared, &ns, events_api, body)
         }
         (&Method::PATCH, ["api", "v1", "namespaces", ns, "events", name])
         | (&Method::PATCH, ["apis", "events.k8s.io", "v1", "namespaces", ns, "events", name]) => {
             let (ns, name) = (ns.to_string(), name.to_string());
             let body = read_json(req).await;
-            patch_event(&shared, &ns, &name, body)
+            http_patch_event(&shared, &ns, &name, events_api, body)
         }
+        (
+            _,
+            ["api", "v1", "events"]
+            | ["apis", "events.k8s.io", "v1", "events"]
+            | ["api", "v1", "namespaces", _, "events", ..]
+            | ["apis", "events.k8s.io", "v1", "namespaces", _, "events", ..],
+        ) => status_response(
+            405,
+            "MethodNotAllowed",
+            "the test API server only lists, watches, gets, creates and patches events",
+        ),
         _ => status_response(
             404,
             "NotFound",
@@ -755,7 +1029,7 @@ async fn read_json(req: Request<hyper::body::Incoming>) -> Result<Value, String>
     serde_json::from_slice(&bytes).map_err(|e| e.to_string())
 }
 
-fn create_event(
+fn http_create_event(
     shared: &Shared,
     ns: &str,
     api_version: &str,
@@ -766,53 +1040,29 @@ fn create_event(
         Ok(_) => return status_response(400, "BadRequest", "an Event must be a JSON object"),
         Err(e) => return status_response(400, "BadRequest", &format!("invalid JSON: {e}")),
     };
+    // The body is in the version of the API it is sent to.
+    event["apiVersion"] = json!(api_version);
+    let (_, name) = event_key(&event);
     let mut st = shared.lock();
-    st.rv += 1;
-    let rv = st.rv;
-    let uid = new_uid(&mut st);
-    if let Some(map) = event.as_object_mut() {
-        map.entry("apiVersion")
-            .or_insert_with(|| json!(api_version));
-        map.entry("kind").or_insert_with(|| json!("Event"));
-    }
-    let meta = meta_mut(&mut event);
-    let name = match meta
-        .get("name")
-        .and_then(Value::as_str)
-        .filter(|n| !n.is_empty())
-    {
-        Some(n) => n.to_string(),
-        None => {
-            let base = meta
-                .get("generateName")
-                .and_then(Value::as_str)
-                .unwrap_or("event-")
-                .to_string();
-            format!("{base}{:05x}", fnv64(uid.as_bytes()) & 0xfffff)
-        }
-    };
-    meta.insert("name".into(), json!(name));
-    meta.insert("namespace".into(), json!(ns));
-    meta.entry("uid").or_insert_with(|| json!(uid));
-    meta.insert("resourceVersion".into(), json!(rv.to_string()));
-    meta.entry("creationTimestamp")
-        .or_insert_with(|| json!(now_rfc3339()));
-    if st.event_store.contains_key(&(ns.to_string(), name.clone())) {
+    if !name.is_empty() && st.event_store.contains_key(&(ns.to_string(), name.clone())) {
         return status_response(
             409,
             "AlreadyExists",
             &format!("events \"{name}\" already exists"),
         );
     }
-    st.event_store.insert((ns.to_string(), name), event.clone());
-    st.events.push(event.clone());
-    json_response(StatusCode::CREATED, &event)
+    let stored = store_event(&mut st, event, ns, None);
+    st.events.push(stored.clone());
+    drop(st);
+    shared.notify();
+    json_response(StatusCode::CREATED, &stored)
 }
 
-fn patch_event(
+fn http_patch_event(
     shared: &Shared,
     ns: &str,
     name: &str,
+    api_version: &str,
     body: Result<Value, String>,
 ) -> Response<Body> {
     let patch = match body {
@@ -820,24 +1070,36 @@ fn patch_event(
         Err(e) => return status_response(400, "BadRequest", &format!("invalid JSON: {e}")),
     };
     let mut st = shared.lock();
-    let Some(mut event) = st
+    let Some(old) = st
         .event_store
         .get(&(ns.to_string(), name.to_string()))
         .cloned()
     else {
         return status_response(404, "NotFound", &format!("events \"{name}\" not found"));
     };
+    // A resourceVersion in the patch is a precondition.
+    if let Some(want) = patch["metadata"]["resourceVersion"].as_str() {
+        let have = old["metadata"]["resourceVersion"].as_str().unwrap_or("");
+        if want != have {
+            return status_response(
+                409,
+                "Conflict",
+                &format!(
+                    "Operation cannot be fulfilled on events \"{name}\": the object has been \
+                     modified; please apply your changes to the latest version and try again"
+                ),
+            );
+        }
+    }
+    // The patch applies to the object as this API serves it.
+    let mut event = convert_event(&old, api_version);
     merge_patch(&mut event, &patch);
-    st.rv += 1;
-    let rv = st.rv;
-    let meta = meta_mut(&mut event);
-    meta.insert("name".into(), json!(name));
-    meta.insert("namespace".into(), json!(ns));
-    meta.insert("resourceVersion".into(), json!(rv.to_string()));
-    st.event_store
-        .insert((ns.to_string(), name.to_string()), event.clone());
-    st.events.push(event.clone());
-    json_response(StatusCode::OK, &event)
+    event["apiVersion"] = json!(api_version);
+    let stored = store_event(&mut st, event, ns, Some(&old));
+    st.events.push(stored.clone());
+    drop(st);
+    shared.notify();
+    json_response(StatusCode::OK, &stored)
 }
 
 /// RFC 7386 JSON merge patch.
@@ -893,7 +1155,46 @@ const POD_FIELDS: &[&str] = &[
     "status.nominatedNodeName",
 ];
 
+/// The fields the real server selects core v1 Events on.
+const CORE_EVENT_FIELDS: &[&str] = &[
+    "involvedObject.kind",
+    "involvedObject.namespace",
+    "involvedObject.name",
+    "involvedObject.uid",
+    "involvedObject.apiVersion",
+    "involvedObject.resourceVersion",
+    "involvedObject.fieldPath",
+    "reason",
+    "reportingComponent",
+    "source",
+    "type",
+    "metadata.namespace",
+    "metadata.name",
+];
+
+/// The fields the real server selects events.k8s.io/v1 Events on.
+const EVENTS_V1_FIELDS: &[&str] = &[
+    "regarding.kind",
+    "regarding.namespace",
+    "regarding.name",
+    "regarding.uid",
+    "regarding.apiVersion",
+    "regarding.resourceVersion",
+    "regarding.fieldPath",
+    "reason",
+    "reportingController",
+    "type",
+    "metadata.namespace",
+    "metadata.name",
+];
+
+/// A field selector for pods.
+#[cfg(test)]
 fn parse_field_selector(s: &str) -> Result<Vec<(String, bool, String)>, String> {
+    parse_fields(s, POD_FIELDS)
+}
+
+fn parse_fields(s: &str, supported: &[&str]) -> Result<Vec<(String, bool, String)>, String> {
     let mut out = Vec::new();
     for term in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
         let (key, eq, value) = if let Some((k, v)) = term.split_once("!=") {
@@ -906,7 +1207,7 @@ fn parse_field_selector(s: &str) -> Result<Vec<(String, bool, String)>, String> 
             return Err(format!("invalid field selector term {term:?}"));
         };
         let key = key.trim();
-        if !POD_FIELDS.contains(&key) {
+        if !supported.contains(&key) {
             return Err(format!("field label not supported: {key}"));
         }
         out.push((key.to_string(), eq, value.trim().to_string()));
@@ -978,6 +1279,12 @@ fn parse_label_selector(s: &str) -> Result<Vec<LabelReq>, String> {
 }
 
 fn field_value(pod: &Value, path: &str) -> String {
+    // The core Event field `source` selects on `source.component`.
+    let path = if path == "source" {
+        "source.component"
+    } else {
+        path
+    };
     let mut v = pod;
     for part in path.split('.') {
         v = &v[part];
@@ -1014,12 +1321,92 @@ impl Filter {
     }
 }
 
+/// A collection as one API serves it.
+#[derive(Debug, Clone, Copy)]
+struct Collection {
+    resource: Resource,
+    /// The API version objects are served in (`v1`, `events.k8s.io/v1`).
+    api_version: &'static str,
+}
+
+impl Collection {
+    const PODS: Collection = Collection {
+        resource: Resource::Pods,
+        api_version: "v1",
+    };
+
+    fn events(api_version: &'static str) -> Self {
+        Collection {
+            resource: Resource::Events,
+            api_version,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self.resource {
+            Resource::Pods => "Pod",
+            Resource::Events => "Event",
+        }
+    }
+
+    fn fields(&self) -> &'static [&'static str] {
+        match (self.resource, self.api_version) {
+            (Resource::Pods, _) => POD_FIELDS,
+            (Resource::Events, "v1") => CORE_EVENT_FIELDS,
+            (Resource::Events, _) => EVENTS_V1_FIELDS,
+        }
+    }
+
+    /// A stored object as this API serves it.
+    fn view(&self, obj: &Value) -> Value {
+        match self.resource {
+            Resource::Pods => obj.clone(),
+            Resource::Events => convert_event(obj, self.api_version),
+        }
+    }
+
+    /// The current objects, as served.
+    fn current(&self, st: &State) -> Vec<Value> {
+        match self.resource {
+            Resource::Pods => st.pods.values().cloned().collect(),
+            Resource::Events => st.event_store.values().map(|e| self.view(e)).collect(),
+        }
+    }
+
+    /// The watch event a history entry produces for this collection and filter, if any.
+    fn translate(&self, entry: &HistoryEntry, filter: &Filter) -> Option<(&'static str, Value)> {
+        if entry.resource != self.resource {
+            return None;
+        }
+        match self.resource {
+            Resource::Pods => translate(entry, filter),
+            Resource::Events => translate(
+                &HistoryEntry {
+                    old: entry.old.as_ref().map(|o| self.view(o)),
+                    new: self.view(&entry.new),
+                    ..entry.clone()
+                },
+                filter,
+            ),
+        }
+    }
+}
+
 async fn pods_collection(
     shared: &Arc<Shared>,
     namespace: Option<&str>,
     req: &RequestRecord,
 ) -> Response<Body> {
-    let fields = match parse_field_selector(req.param("fieldSelector").unwrap_or("")) {
+    collection(shared, Collection::PODS, namespace, req).await
+}
+
+async fn collection(
+    shared: &Arc<Shared>,
+    coll: Collection,
+    namespace: Option<&str>,
+    req: &RequestRecord,
+) -> Response<Body> {
+    let fields = match parse_fields(req.param("fieldSelector").unwrap_or(""), coll.fields()) {
         Ok(f) => f,
         Err(e) => return status_response(400, "BadRequest", &e),
     };
@@ -1033,15 +1420,15 @@ async fn pods_collection(
         labels,
     };
     if req.is_watch() {
-        return watch(shared.clone(), filter, req);
+        return watch(shared.clone(), coll, filter, req);
     }
     let st = shared.lock();
-    let items: Vec<Value> = st
-        .pods
-        .values()
+    let items: Vec<Value> = coll
+        .current(&st)
+        .into_iter()
         .filter(|p| filter.matches(p))
-        .map(|p| {
-            let mut p = p.clone();
+        .map(|mut p| {
+            // Like the real server: list items have no apiVersion/kind.
             if let Some(m) = p.as_object_mut() {
                 m.remove("apiVersion");
                 m.remove("kind");
@@ -1050,8 +1437,8 @@ async fn pods_collection(
         })
         .collect();
     let list = json!({
-        "apiVersion": "v1",
-        "kind": "PodList",
+        "apiVersion": coll.api_version,
+        "kind": format!("{}List", coll.kind()),
         "metadata": {"resourceVersion": st.rv.to_string()},
         "items": items,
     });
@@ -1065,14 +1452,14 @@ fn event_line(kind: &str, object: &Value) -> Bytes {
     Bytes::from(line)
 }
 
-fn bookmark_line(rv: u64, initial_events_end: bool) -> Bytes {
+fn bookmark_line(coll: Collection, rv: u64, initial_events_end: bool) -> Bytes {
     let mut metadata = json!({"resourceVersion": rv.to_string()});
     if initial_events_end {
         metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
     }
     event_line(
         "BOOKMARK",
-        &json!({"kind": "Pod", "apiVersion": "v1", "metadata": metadata}),
+        &json!({"kind": coll.kind(), "apiVersion": coll.api_version, "metadata": metadata}),
     )
 }
 
@@ -1109,7 +1496,12 @@ impl Drop for WatchGuard {
     }
 }
 
-fn watch(shared: Arc<Shared>, filter: Filter, req: &RequestRecord) -> Response<Body> {
+fn watch(
+    shared: Arc<Shared>,
+    coll: Collection,
+    filter: Filter,
+    req: &RequestRecord,
+) -> Response<Body> {
     let rv_param = req.param("resourceVersion").unwrap_or("").to_string();
     let bookmarks = matches!(req.param("allowWatchBookmarks"), Some("true" | "1"));
     let send_initial = matches!(req.param("sendInitialEvents"), Some("true" | "1"));
@@ -1136,7 +1528,13 @@ fn watch(shared: Arc<Shared>, filter: Filter, req: &RequestRecord) -> Response<B
     let guard = WatchGuard(shared.clone());
     tokio::spawn(async move {
         let _guard = guard;
-        watch_task(shared, filter, start, send_initial, bookmarks, timeout, tx).await;
+        let opts = WatchOptions {
+            start,
+            send_initial,
+            bookmarks,
+            timeout,
+        };
+        watch_task(shared, coll, filter, opts, tx).await;
     });
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv()
@@ -1150,15 +1548,27 @@ fn watch(shared: Arc<Shared>, filter: Filter, req: &RequestRecord) -> Response<B
         .expect("response")
 }
 
-async fn watch_task(
-    shared: Arc<Shared>,
-    filter: Filter,
+struct WatchOptions {
+    /// The resourceVersion to start after (`None`: the current state first).
     start: Option<u64>,
     send_initial: bool,
     bookmarks: bool,
     timeout: Option<Duration>,
+}
+
+async fn watch_task(
+    shared: Arc<Shared>,
+    coll: Collection,
+    filter: Filter,
+    opts: WatchOptions,
     tx: tokio::sync::mpsc::Sender<Bytes>,
 ) {
+    let WatchOptions {
+        start,
+        send_initial,
+        bookmarks,
+        timeout,
+    } = opts;
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let mut changed = shared.changed.subscribe();
     changed.borrow_and_update();
@@ -1179,8 +1589,8 @@ async fn watch_task(
             Some(n) => Start::From(n.min(st.rv)),
             // Synthetic ADDED events for the current state.
             None => Start::Initial(
-                st.pods
-                    .values()
+                coll.current(&st)
+                    .iter()
                     .filter(|p| filter.matches(p))
                     .map(|p| event_line("ADDED", p))
                     .collect(),
@@ -1203,7 +1613,7 @@ async fn watch_task(
                     return;
                 }
             }
-            if send_initial && bookmarks && tx.send(bookmark_line(rv, true)).await.is_err() {
+            if send_initial && bookmarks && tx.send(bookmark_line(coll, rv, true)).await.is_err() {
                 return;
             }
             rv
@@ -1222,7 +1632,7 @@ async fn watch_task(
                 st.history
                     .iter()
                     .filter(|e| e.rv > cursor)
-                    .filter_map(|e| translate(e, &filter).map(|(t, o)| (e.rv, t, o)))
+                    .filter_map(|e| coll.translate(e, &filter).map(|(t, o)| (e.rv, t, o)))
                     .collect()
             };
             (events, st.mode, st.watch_generation, st.rv, expired)
@@ -1274,7 +1684,7 @@ async fn watch_task(
             r = changed.changed() => if r.is_err() { return },
             _ = tokio::time::sleep_until(next_bookmark), if bookmarks => {
                 next_bookmark = tokio::time::Instant::now() + shared.lock().bookmark_interval;
-                if tx.send(bookmark_line(cursor, false)).await.is_err() {
+                if tx.send(bookmark_line(coll, cursor, false)).await.is_err() {
                     return;
                 }
             }
@@ -1718,6 +2128,269 @@ mod tests {
         assert_eq!(server.requests().len(), 4);
     }
 
+    /// One HTTP/1.1 request (`Connection: close`); the raw response.
+    fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> String {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let content_type = if method == "PATCH" {
+            "application/merge-patch+json"
+        } else {
+            "application/json"
+        };
+        write!(
+            conn,
+            "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
+             Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        conn.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    /// The JSON body of a non-chunked response.
+    fn body_json(response: &str) -> Value {
+        let body = response.split_once("\r\n\r\n").unwrap().1;
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {response}"))
+    }
+
+    /// Reads a (watch) response until `done` holds for what was read so far, at most 5 s.
+    fn read_until(port: u16, path: &str, done: impl Fn(&str) -> bool) -> String {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        conn.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        write!(conn, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !done(&String::from_utf8_lossy(&out)) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out reading {path}: {}",
+                String::from_utf8_lossy(&out)
+            );
+            match conn.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    fn oom_event(ns: &str, name: &str, pod: &str, node: &str) -> Value {
+        json!({
+            "apiVersion": "events.k8s.io/v1",
+            "kind": "Event",
+            "metadata": {"namespace": ns, "name": name},
+            "eventTime": "2026-01-01T10:00:00.000000Z",
+            "reason": "OOMKill",
+            "action": "Killed",
+            "type": "Warning",
+            "reportingController": "oomtrace",
+            "reportingInstance": node,
+            "regarding": {"apiVersion": "v1", "kind": "Pod", "namespace": ns, "name": pod},
+            "note": "python3 (pid 1) in container app killed by the OOM killer",
+        })
+    }
+
+    #[test]
+    fn events_are_listed_watched_and_converted() {
+        let server = ApiServer::start();
+        let port = server.port();
+        let a = server.add_event(oom_event("shop", "api-1.1", "api-1", "node-1"));
+        assert_eq!(a["metadata"]["resourceVersion"], "2");
+        assert!(a["metadata"]["uid"].as_str().is_some_and(|u| !u.is_empty()));
+        assert!(a["metadata"]["creationTimestamp"].is_string());
+        let mut backoff = oom_event("other", "web-1.1", "web-1", "node-2");
+        backoff["reason"] = json!("BackOff");
+        backoff["reportingController"] = json!("kubelet");
+        server.add_event(backoff);
+
+        // A core v1 Event, through the core API.
+        let created = http(
+            port,
+            "POST",
+            "/api/v1/namespaces/default/events",
+            Some(&json!({
+                "metadata": {"generateName": "db-0."},
+                "involvedObject": {"kind": "Pod", "namespace": "default", "name": "db-0"},
+                "reason": "OOMKill",
+                "message": "postgres (pid 7) in container db killed by the OOM killer",
+                "reportingComponent": "oomtrace",
+                "source": {"component": "oomtrace"},
+                "type": "Warning",
+            })),
+        );
+        assert!(created.starts_with("HTTP/1.1 201"), "{created}");
+        let created = body_json(&created);
+        let db = created["metadata"]["name"].as_str().unwrap().to_string();
+        assert!(db.starts_with("db-0."), "{created}");
+        assert!(
+            created["metadata"]["uid"].is_string()
+                && created["metadata"]["creationTimestamp"].is_string()
+        );
+        assert_eq!(
+            server.events().len(),
+            1,
+            "injected Events are not in events()"
+        );
+        assert_eq!(server.stored_events().len(), 3);
+
+        let list = |path: &str| {
+            let r = http(port, "GET", path, None);
+            assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+            let list = body_json(&r);
+            let names: Vec<String> = list["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+                .collect();
+            (list, names)
+        };
+        let (l, names) = list("/apis/events.k8s.io/v1/events?fieldSelector=reason%3DOOMKill");
+        assert_eq!(l["kind"], "EventList");
+        assert_eq!(l["apiVersion"], "events.k8s.io/v1");
+        assert_eq!(
+            l["metadata"]["resourceVersion"],
+            server.resource_version().to_string()
+        );
+        assert_eq!(names, [db.as_str(), "api-1.1"]);
+        let core_item = &l["items"][0];
+        assert_eq!(core_item["regarding"]["name"], "db-0", "{core_item}");
+        assert_eq!(core_item["reportingController"], "oomtrace");
+        assert!(core_item["note"].as_str().unwrap().starts_with("postgres"));
+        assert!(core_item.get("involvedObject").is_none() && core_item.get("apiVersion").is_none());
+        let (_, names) =
+            list("/apis/events.k8s.io/v1/events?fieldSelector=reportingController%21%3Doomtrace");
+        assert_eq!(names, ["web-1.1"]);
+        let (_, names) = list(
+            "/apis/events.k8s.io/v1/events?fieldSelector=regarding.name%3Dapi-1,regarding.kind%3DPod,metadata.namespace%3Dshop",
+        );
+        assert_eq!(names, ["api-1.1"]);
+        let (_, names) = list("/apis/events.k8s.io/v1/namespaces/other/events");
+        assert_eq!(names, ["web-1.1"]);
+        let (l, names) = list("/api/v1/events?fieldSelector=involvedObject.name%3Dapi-1");
+        assert_eq!(names, ["api-1.1"]);
+        assert_eq!(l["items"][0]["message"], a["note"]);
+        let (_, names) = list("/api/v1/events?fieldSelector=source%3Doomtrace");
+        assert_eq!(names, [db.as_str()]);
+        let bad = http(
+            port,
+            "GET",
+            "/apis/events.k8s.io/v1/events?fieldSelector=involvedObject.name%3Dx",
+            None,
+        );
+        assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
+        let got = body_json(&http(
+            port,
+            "GET",
+            &format!("/apis/events.k8s.io/v1/namespaces/default/events/{db}"),
+            None,
+        ));
+        assert_eq!(got["apiVersion"], "events.k8s.io/v1");
+        assert_eq!(got["regarding"]["name"], "db-0");
+
+        // Watch from here: ADDED, MODIFIED (a series), nothing for other reasons, bookmarks.
+        let rv = server.resource_version();
+        server.add_event(oom_event("shop", "api-2.1", "api-2", "node-3"));
+        let mut other = oom_event("shop", "api-2.2", "api-2", "node-3");
+        other["reason"] = json!("Killing");
+        server.add_event(other);
+        server
+            .patch_event(
+                "shop",
+                "api-1.1",
+                json!({"series": {"count": 2, "lastObservedTime": "2026-01-01T10:01:00.000000Z"}}),
+            )
+            .unwrap();
+        let patched = http(
+            port,
+            "PATCH",
+            &format!("/apis/events.k8s.io/v1/namespaces/default/events/{db}"),
+            Some(
+                &json!({"series": {"count": 2, "lastObservedTime": "2026-01-01T10:02:00.000000Z"}}),
+            ),
+        );
+        assert!(patched.starts_with("HTTP/1.1 200"), "{patched}");
+        let patched = body_json(&patched);
+        assert_eq!(patched["metadata"]["uid"], created["metadata"]["uid"]);
+        assert_eq!(patched["regarding"]["name"], "db-0");
+        let stale = http(
+            port,
+            "PATCH",
+            &format!("/apis/events.k8s.io/v1/namespaces/default/events/{db}"),
+            Some(&json!({"metadata": {"resourceVersion": "1"}, "note": "x"})),
+        );
+        assert!(stale.starts_with("HTTP/1.1 409"), "{stale}");
+        let path = format!(
+            "/apis/events.k8s.io/v1/events?watch=true&resourceVersion={rv}&fieldSelector=reason%3DOOMKill&allowWatchBookmarks=true"
+        );
+        server.set_bookmark_interval(Duration::from_millis(50));
+        let w = read_until(port, &path, |s| s.contains(r#""type":"BOOKMARK""#));
+        let lines: Vec<Value> = w
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            // (Chunk sizes are lines too.)
+            .filter(|v| v["type"].is_string() && v["type"] != "BOOKMARK")
+            .collect();
+        let seen: Vec<(String, String)> = lines
+            .iter()
+            .map(|v| {
+                (
+                    v["type"].as_str().unwrap().to_string(),
+                    v["object"]["metadata"]["name"]
+                        .as_str()
+                        .unwrap()
+                        .to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("ADDED".to_string(), "api-2.1".to_string()),
+                ("MODIFIED".to_string(), "api-1.1".to_string()),
+                ("MODIFIED".to_string(), db.clone()),
+            ],
+            "{w}"
+        );
+        assert_eq!(lines[1]["object"]["series"]["count"], 2);
+        assert_eq!(lines[1]["object"]["apiVersion"], "events.k8s.io/v1");
+        let bookmark = w
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["type"] == "BOOKMARK")
+            .unwrap();
+        assert_eq!(bookmark["object"]["kind"], "Event");
+        assert_eq!(bookmark["object"]["apiVersion"], "events.k8s.io/v1");
+        assert_eq!(
+            bookmark["object"]["metadata"]["resourceVersion"],
+            server.resource_version().to_string()
+        );
+
+        // Pod watches do not see Events.
+        server.add_pod(pod("ns", "p", "uid-p", "n1", "BestEffort", &[], None));
+        let pw = read_until(port, "/api/v1/pods?watch=true&resourceVersion=1", |s| {
+            s.contains("uid-p")
+        });
+        assert!(!pw.contains("OOMKill"), "{pw}");
+
+        // A stale version: 410 for Event watches too.
+        server.delete_event("shop", "api-2.1").unwrap();
+        server.compact_history();
+        let gone = read_until(port, &path, |s| s.contains(r#""type":"ERROR""#));
+        assert!(gone.contains(r#""code":410"#), "{gone}");
+        let fresh = "/apis/events.k8s.io/v1/namespaces/shop/events?watch=true&resourceVersion=0";
+        let initial = read_until(port, fresh, |s| s.contains("api-1.1"));
+        assert!(!initial.contains("api-2.1"), "deleted: {initial}");
+    }
+
     #[test]
     fn watch_translation_follows_the_selector() {
         let on = |node: &str| {
@@ -1730,6 +2403,7 @@ mod tests {
         };
         let entry = |change, old: Option<Value>, new: Value| HistoryEntry {
             rv: 7,
+            resource: Resource::Pods,
             change,
             old,
             new,
