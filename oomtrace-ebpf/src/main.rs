@@ -500,7 +500,9 @@ pub fn memcg_reclaim_end(ctx: BtfTracePointContext) -> i32 {
         }
         let l = &ev.memcg[i];
         let finite = |p: u64| p < (1u64 << 50);
-        if at.is_none() && finite(l.max_pages) && l.usage_pages + AT_LIMIT_SLACK_PAGES >= l.max_pages {
+        // Usage is read after the pass: add back what it freed to see where the charge stood.
+        let before = l.usage_pages.saturating_add(nr_reclaimed).saturating_add(AT_LIMIT_SLACK_PAGES);
+        if at.is_none() && finite(l.max_pages) && before >= l.max_pages {
             at = Some((i, 0));
         }
     }

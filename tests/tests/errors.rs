@@ -69,18 +69,13 @@ fn forced_context_hooks_work_or_fail_cleanly() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let mut err = child.stderr.take().unwrap();
-        let mut text = String::new();
+        let err = child.stderr.take().unwrap();
         // Either it attaches (and says so) or it exits with an error.
-        let mut buf = [0u8; 4096];
-        loop {
-            use std::io::Read;
-            let n = err.read(&mut buf).unwrap_or(0);
-            if n == 0 {
-                break;
-            }
-            text.push_str(&String::from_utf8_lossy(&buf[..n]));
-            if text.contains("watching for OOM kills") {
+        let mut text = String::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(err)).map_while(Result::ok) {
+            text.push_str(&line);
+            text.push('\n');
+            if line.starts_with("watching for OOM kills") {
                 break;
             }
         }

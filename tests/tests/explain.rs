@@ -87,10 +87,21 @@ fn reclaim_at_the_limit_warns_before_the_kill() {
     cg.set_limit(48 * MIB).unwrap();
     let w = Watch::start(&["--warnings"]);
     assert!(w.strategy.contains("mm_vmscan_memcg_reclaim_end"), "{}", w.strategy);
-    // Page cache churn under a tight limit: reclaims, nothing is killed.
+    // Page cache churn under a tight limit: reading a file three times the limit reclaims
+    // clean cache all along, and nothing is killed. (Written from outside the cgroup, so its
+    // dirty pages are not this cgroup's.)
     let file = std::env::temp_dir().join(format!("oomtrace-churn-{}", std::process::id()));
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&file).unwrap();
+        f.write_all(&vec![0x5au8; 160 << 20]).unwrap();
+        f.sync_all().unwrap();
+    }
+    // Drop the file's pages from the cache so that reading it charges the cgroup.
+    let dropped = Command::new("dd").arg(format!("if={}", file.display())).args(["iflag=nocache", "count=0"]).status();
+    assert!(dropped.is_ok_and(|s| s.success()));
     let st = cg
-        .spawn(Command::new("dd").arg("if=/dev/zero").arg(format!("of={}", file.display())).args(["bs=1M", "count=160", "conv=fsync"]).stderr(Stdio::null()))
+        .spawn(Command::new("dd").arg(format!("if={}", file.display())).args(["of=/dev/null", "bs=1M"]).stderr(Stdio::null()))
         .unwrap()
         .wait()
         .unwrap();

@@ -1,4 +1,5 @@
 //! Development tasks: `cargo xtask setup | watch | test | vm-test`.
+mod bench;
 mod setup;
 mod test;
 mod vm;
@@ -26,6 +27,8 @@ enum Cmd {
     Test(test::Args),
     /// Boot Debian kernels under QEMU and run the integration suite inside, as root.
     VmTest(vm::Args),
+    /// Capture ratio, latency and overhead under an OOM storm, side by side with other tools.
+    Bench(bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,5 +37,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Watch { args } => test::watch(&args),
         Cmd::Test(args) => test::run(args),
         Cmd::VmTest(args) => vm::run(args),
+        Cmd::Bench(args) => bench::run(args),
     }
 }
