@@ -28,6 +28,15 @@ impl Watch {
     /// Starts `oomtrace <sub...> <args>` with extra environment variables and waits until
     /// it says it is attached.
     pub fn start_cmd(sub: &[&str], args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::try_start_cmd(sub, args, env).unwrap_or_else(|stderr| panic!("oomtrace did not attach; stderr:\n{stderr}"))
+    }
+
+    /// Like [`Watch::start`], but returns oomtrace's stderr when it exits without attaching.
+    pub fn try_start(args: &[&str]) -> Result<Self, String> {
+        Self::try_start_cmd(&["watch", "-o", "json"], args, &[])
+    }
+
+    fn try_start_cmd(sub: &[&str], args: &[&str], env: &[(&str, &str)]) -> Result<Self, String> {
         let mut child = Command::new(oomtrace_binary())
             .args(sub)
             .args(args)
@@ -66,10 +75,18 @@ impl Watch {
         });
         let mut w = Watch { child, events, stderr, strategy: String::new() };
         match ready.recv_timeout(Duration::from_secs(60)) {
-            Ok(line) => w.strategy = line,
-            Err(_) => panic!("oomtrace did not attach within 60 s; stderr:\n{}", w.stderr_text()),
+            Ok(line) => {
+                w.strategy = line;
+                Ok(w)
+            }
+            Err(_) => {
+                // Exited (the stderr reader is done) or hung: give its words either way.
+                let _ = w.child.kill();
+                let _ = w.child.wait();
+                std::thread::sleep(Duration::from_millis(100));
+                Err(w.stderr_text())
+            }
         }
-        w
     }
 
     pub fn stderr_text(&self) -> String {

@@ -14,14 +14,28 @@ fn within(actual: u64, expected: u64, pct: f64) -> bool {
     (actual as f64 - expected as f64).abs() <= expected as f64 * pct / 100.0 + 8192.0
 }
 
+/// The `oom.source` a strategy line promises.
+fn expected_oom_source(strategy: &str) -> &'static str {
+    if strategy.contains("fentry oom_kill_process") {
+        "kernel:oom_control(fentry)"
+    } else if strategy.contains("kprobe oom_kill_process") {
+        "kernel:oom_control(kprobe)"
+    } else {
+        "kernel:memcg"
+    }
+}
+
 /// Kills one hog in a cgroup with a 64 MiB limit under `watch_args`, checks the event
 /// against the kernel's own report, and returns it.
 fn one_kill(watch_args: &[&str], kind: HogKind) -> Value {
     require_root_and_btf();
+    one_kill_with(Watch::start(watch_args), kind)
+}
+
+fn one_kill_with(w: Watch, kind: HogKind) -> Value {
     let cg = TestCgroup::new("oomtrace-one").unwrap();
     cg.set_limit(64 * MIB).unwrap();
     let mut kmsg = Kmsg::open().unwrap();
-    let w = Watch::start(watch_args);
 
     let hog = Hog { kind, ..Hog::anon(256) };
     let mut child = cg.spawn_hog(&hog).unwrap();
@@ -72,6 +86,15 @@ fn one_kill(watch_args: &[&str], kind: HogKind) -> Value {
     assert!(theirs > 32 * MIB, "kernel reported only {theirs} bytes");
     assert!(within(ours, theirs, 5.0), "rss {ours} vs kernel {theirs}: {e:#}");
     assert!(within(e["victim"]["total_vm_bytes"].as_u64().unwrap(), k.total_vm_kb * 1024, 5.0));
+    assert_eq!(e["oom"]["source"], expected_oom_source(&w.strategy), "{}", w.strategy);
+    // The rate-limited summary line, when the kernel printed it, says the same.
+    if let Some(o) = kmsg.oom_kill_lines().into_iter().find(|o| o.pid == pid) {
+        assert_eq!(o.constraint, "CONSTRAINT_MEMCG");
+        assert_eq!(o.oom_memcg.as_deref(), e["oom"]["cgroup"].as_str());
+        if e["cgroup"]["source"] == "kernel" {
+            assert_eq!(o.task_memcg.as_deref(), e["cgroup"]["memory"]["path"].as_str());
+        }
+    }
     e
 }
 
@@ -84,7 +107,6 @@ fn memcg_kill_is_reported_once_with_limit_usage_and_rss() {
     let e = one_kill(&[], HogKind::Anon);
     assert_eq!(e["victim"]["source"], "tp_btf:task_struct");
     assert_eq!(e["cgroup"]["source"], "kernel");
-    assert_eq!(e["oom"]["source"], "kernel:memcg");
     // The hog charged the memory itself: it triggered its own OOM.
     assert_eq!(e["trigger"]["pid"], e["victim"]["pid"]);
     assert_eq!(e["trigger"]["comm"], "oomtrace-hog");
@@ -187,4 +209,64 @@ fn sigterm_detaches_and_exits_cleanly() {
     let w = Watch::start(&[]);
     let status = w.stop();
     assert!(status.success(), "exit status {status:?}");
+}
+
+/// fentry and kprobe on `oom_kill_process`, each forced: the OOM context comes from the
+/// kernel's own `struct oom_control`. Kernels without them (no CONFIG_KPROBES, fentry refused)
+/// cannot run this; the VM suite's kernels can.
+#[test]
+fn context_hooks_report_the_oom_control() {
+    require_root_and_btf();
+    for hook in ["fentry", "kprobe"] {
+        let w = match Watch::try_start(&["--context-hook", hook]) {
+            Ok(w) => w,
+            Err(stderr) => {
+                assert!(stderr.contains("cannot hook oom_kill_process"), "{stderr}");
+                eprintln!("SKIPPED {hook}: not available on this kernel: {}", stderr.trim());
+                continue;
+            }
+        };
+        assert!(w.strategy.contains(&format!("{hook} oom_kill_process")), "{}", w.strategy);
+        let e = one_kill_with(w, HogKind::Anon);
+        assert_eq!(e["oom"]["source"], format!("kernel:oom_control({hook})"));
+        assert_eq!(e["oom"]["constraint"], "memcg");
+        assert_eq!(e["oom"]["order"], 0, "{e:#}");
+        assert!(e["oom"]["gfp_mask"].as_str().is_some_and(|g| g.starts_with("0x")));
+        assert!(e["oom"]["invocation"].as_u64().is_some_and(|i| i >= 1));
+        // The OOM domain of a memcg OOM is its limit (plus swap): never the victim's memory.
+        let domain = e["oom"]["domain_bytes"].as_u64().unwrap();
+        assert!(domain >= 64 * MIB, "domain {domain}");
+        assert_eq!(e["trigger"]["pid"], e["victim"]["pid"]);
+        assert_eq!(e["incident"]["victims"], 1);
+    }
+}
+
+/// A node-wide OOM: no cgroup limit, the node runs out. Only inside the disposable test VM.
+#[test]
+fn node_wide_oom_is_global() {
+    require_root_and_btf();
+    if !oomtrace_tests::in_test_vm() {
+        eprintln!("SKIPPED: a node-wide OOM is only provoked inside the test VM (cargo xtask vm-test)");
+        return;
+    }
+    let cg = TestCgroup::new("oomtrace-global").unwrap();
+    let mut kmsg = Kmsg::open().unwrap();
+    let w = Watch::start(&[]);
+    let hog = Hog::anon(64 * 1024).command();
+    let script = format!("echo 1000 > /proc/self/oom_score_adj; exec {:?} {}", hog.get_program(), "65536 anon 0");
+    let mut c = cg.spawn(std::process::Command::new("sh").args(["-c", &script])).unwrap();
+    let pid = c.id();
+    assert_eq!(c.wait().unwrap().signal(), Some(libc::SIGKILL));
+    let evs = w.collect(1, Duration::from_secs(60), victim_is(pid));
+    assert_eq!(evs.len(), 1, "stderr:\n{}", w.stderr_text());
+    let e = &evs[0];
+    assert_eq!(e["oom"]["constraint"], "global", "{e:#}");
+    assert_eq!(e["oom"]["cgroup"], "/");
+    assert_eq!(e["victim"]["oom_score_adj"], 1000);
+    let k = kmsg.wait_killed(pid, Duration::from_secs(10)).expect("kernel report");
+    assert!(!k.memcg, "the kernel calls it a plain 'Out of memory'");
+    assert!(within(e["victim"]["rss_anon_bytes"].as_u64().unwrap(), k.anon_rss_kb * 1024, 5.0));
+    if let Some(o) = kmsg.oom_kill_lines().into_iter().find(|o| o.pid == pid) {
+        assert_eq!(o.constraint, "CONSTRAINT_NONE");
+    }
 }

@@ -12,8 +12,16 @@ use std::time::{Duration, Instant};
 const MIB: u64 = 1 << 20;
 const UID: &str = "5f2b6c1e-8d4a-4e3b-9a7c-2d1e0f9b8a76";
 
-/// kubelet's cgroupfs layout under a private root:
-/// `<root>/kubepods/burstable/pod<uid>/<container id>`.
+/// kubelet's cgroup layouts under a private root, for either cgroup driver.
+#[derive(Clone, Copy, Debug)]
+enum Driver {
+    /// `<root>/kubepods/burstable/pod<uid>/<container id>`
+    Cgroupfs,
+    /// `<root>/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid_>.slice/
+    /// cri-containerd-<container id>.scope`
+    Systemd,
+}
+
 struct Layout {
     root: TestCgroup,
     pod_rel: String,
@@ -22,16 +30,29 @@ struct Layout {
 
 impl Layout {
     fn new(cid: &str, pod_limit: u64, container_limit: u64) -> Self {
+        Self::with_driver(Driver::Cgroupfs, cid, pod_limit, container_limit)
+    }
+
+    fn with_driver(driver: Driver, cid: &str, pod_limit: u64, container_limit: u64) -> Self {
         let mut root = TestCgroup::new("oomtrace-k8s").unwrap();
+        let names = match driver {
+            Driver::Cgroupfs => ["kubepods".to_string(), "burstable".into(), format!("pod{UID}"), cid.to_string()],
+            Driver::Systemd => [
+                "kubepods.slice".to_string(),
+                "kubepods-burstable.slice".into(),
+                format!("kubepods-burstable-pod{}.slice", UID.replace('-', "_")),
+                format!("cri-containerd-{cid}.scope"),
+            ],
+        };
         let pod_rel;
         let container_rel;
         {
-            let kubepods = root.child("kubepods").unwrap();
-            let qos = kubepods.child("burstable").unwrap();
-            let p = qos.child(&format!("pod{UID}")).unwrap();
+            let kubepods = root.child(&names[0]).unwrap();
+            let qos = kubepods.child(&names[1]).unwrap();
+            let p = qos.child(&names[2]).unwrap();
             p.set_limit(pod_limit).unwrap();
             pod_rel = p.rel.clone();
-            let c = p.child(cid).unwrap();
+            let c = p.child(&names[3]).unwrap();
             c.set_limit(container_limit).unwrap();
             container_rel = c.rel.clone();
         }
@@ -197,12 +218,36 @@ fn api_server_down_still_reports_the_kill_with_the_pod_uid() {
 
 #[test]
 fn kill_at_the_pod_limit_names_the_pod_cgroup_and_the_container() {
+    pod_limit_kill(Driver::Cgroupfs, "c5");
+}
+
+#[test]
+fn systemd_driver_layout_pod_limit_kill() {
+    pod_limit_kill(Driver::Systemd, "c6");
+}
+
+#[test]
+fn systemd_driver_layout_container_kill() {
     require_root_and_btf();
     let c = Cluster::new();
-    c.add_pod("c5");
-    let cid = container_id("c5");
+    c.add_pod("c7");
+    let cid = container_id("c7");
+    let layout = Layout::with_driver(Driver::Systemd, &cid, 256 * MIB, 64 * MIB);
+    let w = c.watch();
+    c.wait_synced();
+    let e = kill(&layout.container(), &w, &mut Hog::anon(512).command());
+    assert_names_the_pod(&e, &cid);
+    assert_eq!(e["k8s"]["runtime"], "containerd");
+    assert_eq!(e["oom"]["cgroup"], layout.container_rel.as_str());
+}
+
+fn pod_limit_kill(driver: Driver, seed: &str) {
+    require_root_and_btf();
+    let c = Cluster::new();
+    c.add_pod(seed);
+    let cid = container_id(seed);
     // The container is allowed 128 MiB, the pod only 64 MiB.
-    let layout = Layout::new(&cid, 64 * MIB, 128 * MIB);
+    let layout = Layout::with_driver(driver, &cid, 64 * MIB, 128 * MIB);
     let w = c.watch();
     c.wait_synced();
     let e = kill(&layout.container(), &w, &mut Hog::anon(512).command());
