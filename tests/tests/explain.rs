@@ -80,6 +80,22 @@ fn the_oom_cgroups_tasks_are_listed_with_their_rss() {
     }
 }
 
+/// Whether `dir` is on tmpfs (whose pages are not reclaimable without swap).
+fn on_tmpfs(dir: &std::path::Path) -> bool {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: valid path and out pointer.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type == 0x0102_1994 }
+}
+
+fn pressure_for(w: &Watch, cg: &TestCgroup) -> Value {
+    let warn = w.collect(1, Duration::from_secs(30), |v| {
+        v["schema"] == "oomtrace.memory_pressure/v1" && v["cgroup"] == cg.rel.as_str()
+    });
+    assert_eq!(warn.len(), 1, "no pressure event; stderr:\n{}", w.stderr_text());
+    warn.into_iter().next().unwrap()
+}
+
 #[test]
 fn reclaim_at_the_limit_warns_before_the_kill() {
     require_root_and_btf();
@@ -87,36 +103,49 @@ fn reclaim_at_the_limit_warns_before_the_kill() {
     cg.set_limit(48 * MIB).unwrap();
     let w = Watch::start(&["--warnings"]);
     assert!(w.strategy.contains("mm_vmscan_memcg_reclaim_end"), "{}", w.strategy);
-    // Page cache churn under a tight limit: reading a file three times the limit reclaims
-    // clean cache all along, and nothing is killed. (Written from outside the cgroup, so its
-    // dirty pages are not this cgroup's.)
-    let file = std::env::temp_dir().join(format!("oomtrace-churn-{}", std::process::id()));
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&file).unwrap();
-        f.write_all(&vec![0x5au8; 160 << 20]).unwrap();
-        f.sync_all().unwrap();
-    }
-    // Drop the file's pages from the cache so that reading it charges the cgroup.
-    let dropped = Command::new("dd").arg(format!("if={}", file.display())).args(["iflag=nocache", "count=0"]).status();
-    assert!(dropped.is_ok_and(|s| s.success()));
-    let st = cg
-        .spawn(Command::new("dd").arg(format!("if={}", file.display())).args(["of=/dev/null", "bs=1M"]).stderr(Stdio::null()))
-        .unwrap()
-        .wait()
-        .unwrap();
-    let _ = std::fs::remove_file(&file);
-    assert!(st.success(), "dd must not be killed: {st:?}");
-    let warn = w.collect(1, Duration::from_secs(20), |v| {
-        v["schema"] == "oomtrace.memory_pressure/v1" && v["cgroup"] == cg.rel.as_str()
-    });
-    assert_eq!(warn.len(), 1, "no pressure event; stderr:\n{}", w.stderr_text());
-    let p = &warn[0];
-    assert_eq!(p["reason"], "max");
-    assert_eq!(p["limit_bytes"], 48 * MIB);
-    assert!(p["usage_bytes"].as_u64().unwrap() + 4 * MIB >= 48 * MIB, "{p:#}");
-    assert_eq!(p["task"]["comm"], "dd");
-
+    let tmp = std::env::temp_dir();
+    let p = if !on_tmpfs(&tmp) {
+        // Page cache churn under a tight limit: reading a file three times the limit reclaims
+        // clean cache all along, and nothing is killed. (Written from outside the cgroup, so
+        // its dirty pages are not this cgroup's.)
+        let file = tmp.join(format!("oomtrace-churn-{}", std::process::id()));
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&file).unwrap();
+            f.write_all(&vec![0x5au8; 160 << 20]).unwrap();
+            f.sync_all().unwrap();
+        }
+        // Drop the file's pages from the cache so that reading it charges the cgroup.
+        let dropped = Command::new("dd").arg(format!("if={}", file.display())).args(["iflag=nocache", "count=0"]).status();
+        assert!(dropped.is_ok_and(|s| s.success()));
+        let st = cg
+            .spawn(Command::new("dd").arg(format!("if={}", file.display())).args(["of=/dev/null", "bs=1M"]).stderr(Stdio::null()))
+            .unwrap()
+            .wait()
+            .unwrap();
+        let _ = std::fs::remove_file(&file);
+        assert!(st.success(), "dd must not be killed: {st:?}");
+        let p = pressure_for(&w, &cg);
+        assert_eq!(p["reason"], "max");
+        assert_eq!(p["limit_bytes"], 48 * MIB);
+        assert!(p["usage_bytes"].as_u64().unwrap() + 4 * MIB >= 48 * MIB, "{p:#}");
+        assert_eq!(p["task"]["comm"], "dd");
+        p
+    } else {
+        // No disk-backed page cache here (tmpfs without swap, as in the test VM): throttle at
+        // memory.high instead — the charge path reclaims above it without killing.
+        assert_eq!(cg.version, Version::V2, "memory.high needs cgroup v2");
+        cg.write("memory.high", &(32 * MIB).to_string()).unwrap();
+        let st = cg.spawn_hog(&Hog::anon(34)).unwrap().wait().unwrap();
+        assert!(st.success(), "the throttled hog must not be killed: {st:?}");
+        let p = pressure_for(&w, &cg);
+        assert_eq!(p["reason"], "high");
+        assert_eq!(p["high_bytes"], 32 * MIB);
+        assert!(p["usage_bytes"].as_u64().unwrap() > 32 * MIB, "{p:#}");
+        assert_eq!(p["task"]["comm"], "oomtrace-hog");
+        cg.write("memory.high", "max").unwrap();
+        p
+    };
     let kill = kill_in(&cg, &w, Hog::anon(256));
     assert!(kill["time"].as_str().unwrap() > p["time"].as_str().unwrap(), "the kill follows the warning");
 }
