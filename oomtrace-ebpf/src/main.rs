@@ -493,7 +493,8 @@ pub fn memcg_reclaim_end(ctx: BtfTracePointContext) -> i32 {
     let ev = unsafe { &mut *entry.as_mut_ptr() };
     let (depth, _) = unsafe { fill_memcg_chain(&o, &mut ev.memcg, read_ptr(cset, o.cset_memcg_css)) };
     // The deepest cgroup (not the root) at its limit, else the deepest above memory.high.
-    let mut at: Option<(usize, u32)> = None;
+    let mut at_max: Option<usize> = None;
+    let mut over_high: Option<usize> = None;
     for i in 0..MAX_CGROUP_DEPTH {
         if i + 1 >= depth as usize {
             break;
@@ -502,21 +503,14 @@ pub fn memcg_reclaim_end(ctx: BtfTracePointContext) -> i32 {
         let finite = |p: u64| p < (1u64 << 50);
         // Usage is read after the pass: add back what it freed to see where the charge stood.
         let before = l.usage_pages.saturating_add(nr_reclaimed).saturating_add(AT_LIMIT_SLACK_PAGES);
-        if at.is_none() && finite(l.max_pages) && before >= l.max_pages {
-            at = Some((i, 0));
+        if at_max.is_none() && finite(l.max_pages) && before >= l.max_pages {
+            at_max = Some(i);
+        }
+        if over_high.is_none() && finite(l.high_pages) && l.usage_pages > l.high_pages {
+            over_high = Some(i);
         }
     }
-    if at.is_none() {
-        for i in 0..MAX_CGROUP_DEPTH {
-            if i + 1 >= depth as usize {
-                break;
-            }
-            let l = &ev.memcg[i];
-            if at.is_none() && l.high_pages < (1u64 << 50) && l.usage_pages > l.high_pages {
-                at = Some((i, 1));
-            }
-        }
-    }
+    let at = at_max.map(|i| (i, 0)).or(over_high.map(|i| (i, 1)));
     let Some((level, over_high)) = at else {
         entry.discard(0);
         return 0;

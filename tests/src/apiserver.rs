@@ -652,19 +652,20 @@ fn store_pod(st: &mut State, mut pod: Value, old: Option<&Value>) -> Value {
     }
     meta.insert("resourceVersion".into(), json!(rv.to_string()));
     st.pods.insert((ns, name), pod.clone());
+    record_upsert(st, rv, Resource::Pods, old, &pod);
+    pod
+}
+
+/// Appends an ADDED (no `old`) or MODIFIED change to the watch history.
+fn record_upsert(st: &mut State, rv: u64, resource: Resource, old: Option<&Value>, new: &Value) {
     st.history.push_back(HistoryEntry {
         rv,
-        resource: Resource::Pods,
-        change: if old.is_some() {
-            Change::Modified
-        } else {
-            Change::Added
-        },
+        resource,
+        change: if old.is_some() { Change::Modified } else { Change::Added },
         old: old.cloned(),
-        new: pod.clone(),
+        new: new.clone(),
     });
     trim_history(st);
-    pod
 }
 
 fn trim_history(st: &mut State) {
@@ -782,18 +783,7 @@ fn store_event(st: &mut State, mut event: Value, ns: &str, old: Option<&Value>) 
     }
     meta.insert("resourceVersion".into(), json!(rv.to_string()));
     st.event_store.insert((ns.to_string(), name), event.clone());
-    st.history.push_back(HistoryEntry {
-        rv,
-        resource: Resource::Events,
-        change: if old.is_some() {
-            Change::Modified
-        } else {
-            Change::Added
-        },
-        old: old.cloned(),
-        new: event.clone(),
-    });
-    trim_history(st);
+    record_upsert(st, rv, Resource::Events, old, &event);
     event
 }
 
