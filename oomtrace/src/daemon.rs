@@ -6,6 +6,7 @@
 use crate::event::OomKill;
 use crate::k8s::events::EventPublisher;
 use crate::metrics::Metrics;
+use crate::pressure::MemoryPressure;
 use crate::tracer::Counters;
 use crate::watch::{trace, HookArgs, KubeArgs, Sink};
 use anyhow::{Context, Result};
@@ -83,6 +84,15 @@ impl Sink for DaemonSink {
 
     fn counters(&mut self, c: &Counters) {
         self.health.metrics.set_lost(c.lost);
+    }
+
+    fn pressure(&mut self, p: &MemoryPressure) -> Result<()> {
+        let mut out = self.out.lock();
+        serde_json::to_writer(&mut out, p)?;
+        writeln!(out)?;
+        out.flush()?;
+        self.health.metrics.record_pressure(p);
+        Ok(())
     }
 }
 

@@ -31,6 +31,15 @@ pub struct WorkloadLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PressureLabels {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    /// `max` or `high`.
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: String,
     kernel: String,
@@ -48,6 +57,7 @@ pub struct Metrics {
     victim_rss: Family<WorkloadLabels, Gauge>,
     oom_limit: Family<WorkloadLabels, Gauge>,
     build: Family<BuildLabels, Gauge>,
+    pressure: Family<PressureLabels, Counter>,
     seen: Mutex<HashSet<WorkloadLabels>>,
     lost_so_far: Mutex<u64>,
 }
@@ -107,6 +117,12 @@ impl Metrics {
             "Limit of the cgroup whose limit was hit at this workload's last kill",
             oom_limit.clone(),
         );
+        let pressure = Family::<PressureLabels, Counter>::default();
+        registry.register(
+            "memory_pressure_events",
+            "Early warnings: a memory cgroup reclaiming at memory.max or above memory.high (with --warnings)",
+            pressure.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         registry.register("build_info", "oomtrace version, kernel and attach strategy (1 once attached)", build.clone());
         Self {
@@ -120,6 +136,7 @@ impl Metrics {
             victim_rss,
             oom_limit,
             build,
+            pressure,
             seen: Mutex::new(HashSet::new()),
             lost_so_far: Mutex::new(0),
         }
@@ -138,7 +155,10 @@ impl Metrics {
 
     /// The workload labels of a kill, folded into `_other_` past the cardinality bound.
     fn workload(&self, ev: &OomKill) -> WorkloadLabels {
-        let k = ev.k8s.as_ref();
+        self.workload_of(ev.k8s.as_ref())
+    }
+
+    fn workload_of(&self, k: Option<&crate::k8s::attribution::K8s>) -> WorkloadLabels {
         let get = |f: fn(&crate::k8s::attribution::K8s) -> Option<&String>| {
             k.and_then(f).cloned().unwrap_or_default()
         };
@@ -181,6 +201,18 @@ impl Metrics {
         if let Some(l) = ev.oom.limit_bytes {
             self.oom_limit.get_or_create(&w).set(l as i64);
         }
+    }
+
+    pub fn record_pressure(&self, p: &crate::pressure::MemoryPressure) {
+        let w = self.workload_of(p.k8s.as_ref());
+        self.pressure
+            .get_or_create(&PressureLabels {
+                namespace: w.namespace,
+                pod: w.pod,
+                container: w.container,
+                reason: p.reason.clone(),
+            })
+            .inc();
     }
 
     /// The kernel's running count of dropped events.

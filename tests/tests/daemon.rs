@@ -80,7 +80,7 @@ fn a_kill_becomes_a_json_line_a_metric_and_an_event_on_the_pod() {
     };
 
     let w = Watch::start_cmd(
-        &["daemon", "-v", "--listen", "127.0.0.1:0", "--kubeconfig", kubeconfig.to_str().unwrap()],
+        &["daemon", "-v", "--warnings", "--listen", "127.0.0.1:0", "--kubeconfig", kubeconfig.to_str().unwrap()],
         &[],
         &[("NODE_NAME", &node)],
     );
@@ -108,6 +108,13 @@ fn a_kill_becomes_a_json_line_a_metric_and_an_event_on_the_pod() {
     assert!(metrics.contains("oomtrace_last_oom_limit_bytes{namespace=\"shop\",pod=\"cart-5c6d7e8f9-abcde\",container=\"app\"} 50331648"));
     assert!(metrics.lines().any(|l| l == "oomtrace_events_lost_total 0"));
     assert!(metrics.contains("oomtrace_build_info{"));
+    // The memcg reclaims at its limit before it kills: the early warning came first, and is
+    // counted for the same container.
+    let warned = sample(
+        &metrics,
+        r#"oomtrace_memory_pressure_events_total{namespace="shop",pod="cart-5c6d7e8f9-abcde",container="app",reason="max"}"#,
+    );
+    assert!(warned.is_some_and(|n| n >= 1.0), "{metrics}");
     assert!(metrics.trim_end().ends_with("# EOF"));
 
     // Other tests' kills on this host reach the daemon too (as Node events): look at the pod's.

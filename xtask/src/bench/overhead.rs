@@ -277,7 +277,8 @@ pub fn overhead(ctx: &Ctx, pairs: usize, total_mib: usize, settle: Duration) -> 
         // AB BA AB BA …
         let attached = (i % 2 == 1) != ((i / 2) % 2 == 1);
         let round = if attached {
-            let w = OomtraceWatch::start(&ctx.oomtrace, &["--no-kubernetes"], &[])?;
+            // With early warnings on: their program is the one on the reclaim path.
+            let w = OomtraceWatch::start(&ctx.oomtrace, &["--no-kubernetes", "--warnings"], &[])?;
             strategy = w.strategy.clone();
             sleep(settle)?;
             let pid = w.proc.pid();
