@@ -506,7 +506,7 @@ pub fn memcg_reclaim_end(ctx: BtfTracePointContext) -> i32 {
         if at_max.is_none() && finite(l.max_pages) && before >= l.max_pages {
             at_max = Some(i);
         }
-        if over_high.is_none() && finite(l.high_pages) && l.usage_pages > l.high_pages {
+        if over_high.is_none() && finite(l.high_pages) && l.usage_pages.saturating_add(nr_reclaimed) > l.high_pages {
             over_high = Some(i);
         }
     }
