@@ -291,8 +291,6 @@ pub struct OomEvent {
     pub trigger_pid: u32,
     pub trigger_tgid: u32,
     pub trigger_comm: [u8; TASK_COMM_LEN],
-    /// kernfs id of the trigger's memory cgroup (0 when unknown).
-    pub trigger_memcg_id: u64,
     pub memcg_depth: u32,
     pub dfl_depth: u32,
     /// `memcg[0]` is the victim's own memory cgroup, then its parent, up to the root.

@@ -277,7 +277,6 @@ fn begin_event(src: u32) -> Option<aya_ebpf::maps::ring_buf::RingBufEntry<OomEve
     ev.trigger_pid = pid_tgid as u32;
     ev.trigger_tgid = (pid_tgid >> 32) as u32;
     ev.trigger_comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    ev.trigger_memcg_id = 0;
     ev.ctx.source = ctx_source::NONE;
     if let Some(ctx) = OOM_CTX.get_ptr_mut(0) {
         let ctx = unsafe { &mut *ctx };

@@ -150,10 +150,6 @@ pub fn record_from_bytes(b: &[u8]) -> Option<Record> {
     }
 }
 
-/// Reads an [`OomEvent`] out of a ring buffer record; `None` if it is too short.
-pub fn raw_from_bytes(b: &[u8]) -> Option<OomEvent> {
-    pod_from_bytes(b)
-}
 
 /// Joins kernfs names from the root down to `levels[0]`. The root's own name is not part of
 /// any path.
@@ -458,18 +454,28 @@ mod tests {
         assert_eq!(path_of(root.iter().map(|n| &n[..])), "/");
     }
 
+    fn victim_record(len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        buf[..4].copy_from_slice(&kind::VICTIM.to_ne_bytes());
+        buf
+    }
+
     #[test]
-    fn short_records_are_rejected() {
-        assert!(raw_from_bytes(&[0u8; 16]).is_none());
-        let buf = vec![0u8; std::mem::size_of::<OomEvent>()];
-        let raw = raw_from_bytes(&buf).unwrap();
+    fn short_or_unknown_records_are_rejected() {
+        assert!(record_from_bytes(&victim_record(16)).is_none());
+        assert!(record_from_bytes(&[]).is_none());
+        assert!(record_from_bytes(&[0xff; 64]).is_none());
+        let Some(Record::Victim(raw)) = record_from_bytes(&victim_record(std::mem::size_of::<OomEvent>())) else {
+            panic!("a full victim record decodes");
+        };
         assert_eq!(raw.valid, 0);
     }
 
     #[test]
     fn unknown_values_are_null() {
-        let buf = vec![0u8; std::mem::size_of::<OomEvent>()];
-        let raw = raw_from_bytes(&buf).unwrap();
+        let Some(Record::Victim(raw)) = record_from_bytes(&victim_record(std::mem::size_of::<OomEvent>())) else {
+            panic!("a full victim record decodes");
+        };
         let mut d = Decoder::new("n".into(), None);
         let ev = d.decode(&raw, 0);
         let j = serde_json::to_value(&ev).unwrap();
@@ -481,11 +487,26 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn decoding_arbitrary_records_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..12000)) {
-            if let Some(raw) = raw_from_bytes(&bytes) {
-                let mut d = Decoder::new("n".into(), None);
-                let ev = d.decode(&raw, 1);
-                serde_json::to_string(&ev).unwrap();
+        fn decoding_arbitrary_records_never_panics(
+            kind in 0u32..5,
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..12000),
+        ) {
+            let mut bytes = bytes;
+            if bytes.len() >= 4 {
+                bytes[..4].copy_from_slice(&kind.to_ne_bytes());
+            }
+            let mut d = Decoder::new("n".into(), None);
+            match record_from_bytes(&bytes) {
+                Some(Record::Victim(raw)) => {
+                    let ev = d.decode(&raw, 1);
+                    serde_json::to_string(&ev).unwrap();
+                }
+                Some(Record::Pressure(raw)) => {
+                    if let Some(p) = crate::pressure::decode(&raw, "n", d.page_size()) {
+                        serde_json::to_string(&p).unwrap();
+                    }
+                }
+                Some(Record::InvocationEnd(_)) | None => {}
             }
         }
     }

@@ -34,10 +34,6 @@ impl Filter {
         Ok(Self { namespace: args.namespace.clone(), pod, container: args.container.clone() })
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.namespace.is_none() && self.pod.is_none() && self.container.is_none()
-    }
-
     pub fn matches(&self, namespace: Option<&str>, pod: Option<&str>, container: Option<&str>) -> bool {
         let eq = |want: &Option<String>, have: Option<&str>| want.as_deref().is_none_or(|w| have == Some(w));
         eq(&self.namespace, namespace)

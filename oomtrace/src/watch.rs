@@ -189,8 +189,8 @@ pub async fn trace(opts: &Options, attributor: &Attributor, sink: &mut dyn Sink)
     }
     let c = tracer.counters()?;
     tracing::info!(
-        "stopping: {} victims seen, {} lost, {} kernel read errors; detaching",
-        c.seen, c.lost, c.read_errors
+        "stopping: {} victims seen in {} hooked OOM invocations, {} lost, {} warnings lost, {} kernel read errors; detaching",
+        c.seen, c.oom_invocations, c.lost, c.pressure_lost, c.read_errors
     );
     Ok(())
 }

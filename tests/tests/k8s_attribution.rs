@@ -2,7 +2,7 @@
 //! a real pod list/watch (the test API server), and real OOM kills.
 use oomtrace_tests::apiserver::{container_id, containerd_id, pod, ApiServer};
 use oomtrace_tests::cgroup::{Hog, TestCgroup};
-use oomtrace_tests::oomtrace_proc::{victim_is, Watch};
+use oomtrace_tests::oomtrace_proc::{in_cgroup, Watch};
 use oomtrace_tests::require_root_and_btf;
 use serde_json::Value;
 use std::os::unix::process::ExitStatusExt;
@@ -118,12 +118,11 @@ impl Drop for Cluster {
 
 fn kill(cg: &TestCgroup, w: &Watch, cmd: &mut Command) -> Value {
     let mut c = cg.spawn(cmd).unwrap();
-    let pid = c.id();
     let st = c.wait().unwrap();
     assert!(st.signal() == Some(libc::SIGKILL) || st.code() == Some(137), "{st:?}");
-    let evs = w.collect(1, Duration::from_secs(30), |v| {
-        v["k8s"]["pod_uid"] == UID && (victim_is(pid)(v) || v["victim"]["ns_pid"] == 1)
-    });
+    // Every watcher sees every kill on the host, and the tests share a pod UID: pick this
+    // test's kill by its container cgroup (each test has its own root).
+    let evs = w.collect(1, Duration::from_secs(30), in_cgroup(cg.rel.clone()));
     assert_eq!(evs.len(), 1, "stderr:\n{}", w.stderr_text());
     evs.into_iter().next().unwrap()
 }
