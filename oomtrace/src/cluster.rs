@@ -5,7 +5,8 @@
 use crate::filter::Filter;
 use crate::k8s::events::{CONTROLLER, REASON};
 use crate::output::Format;
-use anyhow::Result;
+use anyhow::{bail, Result};
+use tokio::signal::unix::{signal, SignalKind};
 use futures::StreamExt;
 use k8s_openapi::api::events::v1::Event;
 use kube::runtime::watcher;
@@ -43,7 +44,14 @@ pub fn from_event(e: &Event) -> Option<ClusterKill> {
     }
     let note = e.note.clone().unwrap_or_default();
     let regarding = e.regarding.as_ref();
-    let at = e.series.as_ref().map(|s| s.last_observed_time.0).or_else(|| e.event_time.as_ref().map(|t| t.0));
+    // Core-v1-made Events have no eventTime: fall back on their timestamps.
+    let at = e
+        .series
+        .as_ref()
+        .map(|s| s.last_observed_time.0)
+        .or_else(|| e.event_time.as_ref().map(|t| t.0))
+        .or_else(|| e.deprecated_last_timestamp.as_ref().map(|t| t.0))
+        .or_else(|| e.metadata.creation_timestamp.as_ref().map(|t| t.0));
     let kind = regarding.and_then(|r| r.kind.clone());
     let is_pod = kind.as_deref() == Some("Pod");
     Some(ClusterKill {
@@ -98,6 +106,16 @@ fn first_time(shown: &mut HashMap<String, i32>, uid: String, k: &ClusterKill) ->
     true
 }
 
+/// 401 or 403 from the API server.
+fn denied(e: &watcher::Error) -> bool {
+    use watcher::Error::*;
+    matches!(
+        e,
+        InitialListFailed(kube::Error::Api(s)) | WatchStartFailed(kube::Error::Api(s)) | WatchFailed(kube::Error::Api(s))
+            if s.code == 401 || s.code == 403
+    )
+}
+
 pub async fn run(client: Client, filter: Filter, format: Format, since: Option<Duration>, count: Option<u64>) -> Result<()> {
     let api: Api<Event> = Api::all(client);
     let cfg = watcher::Config::default().fields(&format!("reason={REASON}"));
@@ -112,10 +130,22 @@ pub async fn run(client: Client, filter: Filter, format: Format, since: Option<D
     let cutoff = since.map(|d| {
         k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::try_from(d).unwrap_or_default()
     });
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
     eprintln!("watching OOMKill Events across the cluster");
-    while let Some(ev) = stream.next().await {
+    loop {
+        let ev = tokio::select! {
+            ev = stream.next() => match ev {
+                Some(ev) => ev,
+                None => return Ok(()),
+            },
+            _ = sigint.recv() => return Ok(()),
+            _ = sigterm.recv() => return Ok(()),
+        };
         let ev = match ev {
             Ok(ev) => ev,
+            // Retrying cannot fix credentials or RBAC: say so and stop.
+            Err(e) if denied(&e) => bail!("watching OOMKill Events: {e} (check the kubeconfig's credentials and its RBAC: events.k8s.io events list/watch)"),
             Err(e) => {
                 tracing::warn!("watching Events: {e} (retrying)");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -165,7 +195,6 @@ pub async fn run(client: Client, filter: Filter, format: Format, since: Option<D
             }
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -815,3 +815,25 @@ fn a_closed_pipe_ends_the_view_quietly() {
     assert!(stderr.contains("oomtrace exit status: 0"), "{stderr}");
     assert!(!stderr.contains("error"), "{stderr}");
 }
+
+#[test]
+fn forbidden_fails_clearly_instead_of_retrying_forever() {
+    let c = Cluster::start();
+    c.server.set_mode(oomtrace_tests::apiserver::Mode::Error(403));
+    let kubeconfig = c.kubeconfig.to_str().unwrap();
+    let w = ClusterWatch::spawn(&["--cluster", "--kubeconfig", kubeconfig], &[]);
+    let (status, out, stderr) = w.finish();
+    assert_eq!(status.code(), Some(1), "stderr:\n{stderr}");
+    assert!(out.is_empty(), "{out:?}");
+    assert!(stderr.contains("403") && stderr.contains("RBAC"), "{stderr}");
+}
+
+#[test]
+fn sigint_ends_the_view_cleanly() {
+    let c = Cluster::start();
+    let w = c.watch(&["-o", "json"]);
+    // SAFETY: plain syscall on our child.
+    unsafe { libc::kill(w.child.id() as i32, libc::SIGINT) };
+    let (status, _, stderr) = w.finish();
+    assert!(status.success(), "{status:?}\n{stderr}");
+}
