@@ -53,7 +53,7 @@ static OOM_CTX: Array<OomContext> = Array::with_max_entries(1, 0);
 #[map]
 static OOM_CHOSEN: Array<u64> = Array::with_max_entries(1, 0);
 
-/// Per memory cgroup (kernfs id): when a pressure event was last reported, and how many
+/// Per charging memory cgroup (its css address): when it was last looked at, and how many
 /// reclaim passes were suppressed since.
 #[map]
 static PRESSURE_RATE: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(4096, 0);
@@ -485,12 +485,32 @@ pub fn memcg_reclaim_end(ctx: BtfTracePointContext) -> i32 {
     if cset == 0 {
         return 0;
     }
+    // Rate limit first, keyed by the charging task's memory cgroup, so that the passes of a
+    // cgroup that already warned this second cost a map lookup and nothing more.
+    let css = unsafe { read_ptr(cset, o.cset_memcg_css) };
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let suppressed = match PRESSURE_RATE.get_ptr_mut(&css) {
+        Some(state) => {
+            let state = unsafe { &mut *state };
+            if now.wrapping_sub(state[0]) < PRESSURE_INTERVAL_NS {
+                state[1] += 1;
+                return 0;
+            }
+            let s = state[1];
+            *state = [now, 0];
+            s
+        }
+        None => {
+            let _ = PRESSURE_RATE.insert(&css, &[now, 0], 0);
+            0
+        }
+    };
     let Some(mut entry) = EVENTS.reserve::<PressureEvent>(0) else {
         bump(counter::PRESSURE_LOST);
         return 0;
     };
     let ev = unsafe { &mut *entry.as_mut_ptr() };
-    let (depth, _) = unsafe { fill_memcg_chain(&o, &mut ev.memcg, read_ptr(cset, o.cset_memcg_css)) };
+    let (depth, _) = unsafe { fill_memcg_chain(&o, &mut ev.memcg, css) };
     // The deepest cgroup (not the root) at its limit, else the deepest above memory.high.
     let mut at_max: Option<usize> = None;
     let mut over_high: Option<usize> = None;
@@ -511,27 +531,9 @@ pub fn memcg_reclaim_end(ctx: BtfTracePointContext) -> i32 {
     }
     let at = at_max.map(|i| (i, 0)).or(over_high.map(|i| (i, 1)));
     let Some((level, over_high)) = at else {
+        // Not at a limit (proactive reclaim): nothing to warn about this second either.
         entry.discard(0);
         return 0;
-    };
-    let id = ev.memcg[level].id;
-    let now = unsafe { bpf_ktime_get_boot_ns() };
-    let suppressed = match PRESSURE_RATE.get_ptr_mut(&id) {
-        Some(state) => {
-            let state = unsafe { &mut *state };
-            if now.wrapping_sub(state[0]) < PRESSURE_INTERVAL_NS {
-                state[1] += 1;
-                entry.discard(0);
-                return 0;
-            }
-            let s = state[1];
-            *state = [now, 0];
-            s
-        }
-        None => {
-            let _ = PRESSURE_RATE.insert(&id, &[now, 0], 0);
-            0
-        }
     };
     ev.kind = kind::PRESSURE;
     ev.level = level as u32;
