@@ -23,7 +23,8 @@ enum Driver {
 }
 
 struct Layout {
-    root: TestCgroup,
+    /// Owns the cgroups: dropping the layout kills what runs in them and removes them.
+    _root: TestCgroup,
     pod_rel: String,
     container_rel: String,
 }
@@ -56,7 +57,7 @@ impl Layout {
             c.set_limit(container_limit).unwrap();
             container_rel = c.rel.clone();
         }
-        Layout { root, pod_rel, container_rel }
+        Layout { _root: root, pod_rel, container_rel }
     }
 
     fn container(&self) -> TestCgroup {
@@ -116,6 +117,31 @@ impl Drop for Cluster {
     }
 }
 
+/// A pod served by the test API server, its kubelet cgroups, and a watcher that has synced.
+struct Scene {
+    cluster: Cluster,
+    layout: Layout,
+    watch: Watch,
+    cid: String,
+}
+
+fn scene(seed: &str, driver: Driver, pod_limit: u64, container_limit: u64) -> Scene {
+    require_root_and_btf();
+    let cluster = Cluster::new();
+    cluster.add_pod(seed);
+    let cid = container_id(seed);
+    let layout = Layout::with_driver(driver, &cid, pod_limit, container_limit);
+    let watch = cluster.watch();
+    cluster.wait_synced();
+    Scene { cluster, layout, watch, cid }
+}
+
+impl Scene {
+    fn kill(&self, hog: Hog) -> Value {
+        kill(&self.layout.container(), &self.watch, &mut hog.command())
+    }
+}
+
 fn kill(cg: &TestCgroup, w: &Watch, cmd: &mut Command) -> Value {
     let mut c = cg.spawn(cmd).unwrap();
     let st = c.wait().unwrap();
@@ -148,50 +174,42 @@ fn assert_names_the_pod(e: &Value, cid: &str) {
 
 #[test]
 fn container_kill_names_namespace_pod_container_qos_and_owner() {
-    require_root_and_btf();
-    let c = Cluster::new();
-    c.add_pod("c1");
-    let cid = container_id("c1");
-    let layout = Layout::new(&cid, 256 * MIB, 64 * MIB);
-    let w = c.watch();
-    c.wait_synced();
-    let e = kill(&layout.container(), &w, &mut Hog::anon(512).command());
-    assert_names_the_pod(&e, &cid);
-    assert_eq!(e["oom"]["cgroup"], layout.container_rel.as_str());
+    container_kill(Driver::Cgroupfs, "c1");
+}
+
+#[test]
+fn systemd_driver_layout_container_kill() {
+    let e = container_kill(Driver::Systemd, "c7");
+    assert_eq!(e["k8s"]["runtime"], "containerd");
+}
+
+fn container_kill(driver: Driver, seed: &str) -> Value {
+    let s = scene(seed, driver, 256 * MIB, 64 * MIB);
+    let e = s.kill(Hog::anon(512));
+    assert_names_the_pod(&e, &s.cid);
+    assert_eq!(e["oom"]["cgroup"], s.layout.container_rel.as_str());
     // Not the container's PID 1: the container keeps running, and only this event says so.
     assert_eq!(e["victim"]["container_init"], false);
-    drop(layout.root);
+    e
 }
 
 #[test]
 fn main_process_of_the_container_is_flagged() {
-    require_root_and_btf();
-    let c = Cluster::new();
-    c.add_pod("c2");
-    let cid = container_id("c2");
-    let layout = Layout::new(&cid, 256 * MIB, 64 * MIB);
-    let w = c.watch();
-    c.wait_synced();
+    let s = scene("c2", Driver::Cgroupfs, 256 * MIB, 64 * MIB);
     // The hog as PID 1 of its own pid namespace, as a container's entrypoint is.
-    let e = kill(&layout.container(), &w, &mut Hog { pid1: true, ..Hog::anon(512) }.command());
+    let e = s.kill(Hog { pid1: true, ..Hog::anon(512) });
     assert_eq!(e["victim"]["ns_pid"], 1, "{e:#}");
     assert_eq!(e["victim"]["container_init"], true);
-    assert_names_the_pod(&e, &cid);
+    assert_names_the_pod(&e, &s.cid);
 }
 
 #[test]
 fn pod_deleted_just_before_the_kill_is_still_named() {
-    require_root_and_btf();
-    let c = Cluster::new();
-    c.add_pod("c3");
-    let cid = container_id("c3");
-    let layout = Layout::new(&cid, 256 * MIB, 64 * MIB);
-    let w = c.watch();
-    c.wait_synced();
-    c.api.delete_pod("shop", "api-7d9f8b6c4-x2x9z").expect("pod existed");
+    let s = scene("c3", Driver::Cgroupfs, 256 * MIB, 64 * MIB);
+    s.cluster.api.delete_pod("shop", "api-7d9f8b6c4-x2x9z").expect("pod existed");
     std::thread::sleep(Duration::from_secs(2));
-    let e = kill(&layout.container(), &w, &mut Hog::anon(512).command());
-    assert_names_the_pod(&e, &cid);
+    let e = s.kill(Hog::anon(512));
+    assert_names_the_pod(&e, &s.cid);
     assert_eq!(e["k8s"]["pod_deleted"], true);
 }
 
@@ -225,31 +243,11 @@ fn systemd_driver_layout_pod_limit_kill() {
     pod_limit_kill(Driver::Systemd, "c6");
 }
 
-#[test]
-fn systemd_driver_layout_container_kill() {
-    require_root_and_btf();
-    let c = Cluster::new();
-    c.add_pod("c7");
-    let cid = container_id("c7");
-    let layout = Layout::with_driver(Driver::Systemd, &cid, 256 * MIB, 64 * MIB);
-    let w = c.watch();
-    c.wait_synced();
-    let e = kill(&layout.container(), &w, &mut Hog::anon(512).command());
-    assert_names_the_pod(&e, &cid);
-    assert_eq!(e["k8s"]["runtime"], "containerd");
-    assert_eq!(e["oom"]["cgroup"], layout.container_rel.as_str());
-}
-
 fn pod_limit_kill(driver: Driver, seed: &str) {
-    require_root_and_btf();
-    let c = Cluster::new();
-    c.add_pod(seed);
-    let cid = container_id(seed);
     // The container is allowed 128 MiB, the pod only 64 MiB.
-    let layout = Layout::with_driver(driver, &cid, 64 * MIB, 128 * MIB);
-    let w = c.watch();
-    c.wait_synced();
-    let e = kill(&layout.container(), &w, &mut Hog::anon(512).command());
+    let s = scene(seed, driver, 64 * MIB, 128 * MIB);
+    let (layout, cid) = (&s.layout, &s.cid);
+    let e = s.kill(Hog::anon(512));
     assert_eq!(e["oom"]["cgroup"], layout.pod_rel.as_str(), "{e:#}");
     assert_eq!(e["oom"]["limit_bytes"], 64 * MIB);
     assert_eq!(e["cgroup"]["memory"]["path"], layout.container_rel.as_str());
