@@ -12,6 +12,13 @@ pub const MAX_CGROUP_DEPTH: usize = 12;
 pub const CGROUP_NAME_LEN: usize = 128;
 pub const TASK_COMM_LEN: usize = 16;
 
+/// A charge that fails can be up to a PMD-sized folio: a memory cgroup whose usage is within
+/// this many pages of its limit is at the limit (for the kernel side's warnings and the
+/// userspace OOM-domain walk alike).
+pub const AT_LIMIT_SLACK_PAGES: u64 = 512;
+/// At or above this a page counter means "no limit" (PAGE_COUNTER_MAX and friends).
+pub const UNLIMITED_PAGES: u64 = 1 << 50;
+
 /// Sentinel for "the kernel field was not found in BTF": the program skips that read.
 pub const OFFSET_MISSING: u32 = u32::MAX;
 

@@ -27,7 +27,8 @@ use aya_ebpf::{
 use aya_log_ebpf::{debug, warn};
 use oomtrace_common::{
     counter, ctx_source, kind, source, valid, InvocationEnd, KernelOffsets, MemcgLevel, OomContext,
-    OomEvent, PressureEvent, TracepointLayout, CGROUP_NAME_LEN, MAX_CGROUP_DEPTH, OFFSET_MISSING,
+    OomEvent, PressureEvent, TracepointLayout, AT_LIMIT_SLACK_PAGES, CGROUP_NAME_LEN, MAX_CGROUP_DEPTH,
+    OFFSET_MISSING, UNLIMITED_PAGES,
 };
 
 #[unsafe(no_mangle)]
@@ -60,9 +61,6 @@ static PRESSURE_RATE: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(4
 
 /// At most one pressure event per cgroup per second.
 const PRESSURE_INTERVAL_NS: u64 = 1_000_000_000;
-/// A failing charge can be up to a PMD-sized folio: usage within this many pages of `max`
-/// counts as "at the limit".
-const AT_LIMIT_SLACK_PAGES: u64 = 512;
 
 #[inline(always)]
 fn bump(idx: u32) {
@@ -519,7 +517,7 @@ pub fn memcg_reclaim_end(ctx: BtfTracePointContext) -> i32 {
             break;
         }
         let l = &ev.memcg[i];
-        let finite = |p: u64| p < (1u64 << 50);
+        let finite = |p: u64| p < UNLIMITED_PAGES;
         // Usage is read after the pass: add back what it freed to see where the charge stood.
         let before = l.usage_pages.saturating_add(nr_reclaimed).saturating_add(AT_LIMIT_SLACK_PAGES);
         if at_max.is_none() && finite(l.max_pages) && before >= l.max_pages {

@@ -118,12 +118,18 @@ fn parse_limit(s: &str) -> Option<u64> {
     (v < (1u64 << 62)).then_some(v)
 }
 
-fn read_u64(dir: &Path, file: &str) -> Option<u64> {
-    std::fs::read_to_string(dir.join(file)).ok()?.trim().parse().ok()
+/// A cgroupfs file's contents; `None` when it is missing (or the cgroup is gone).
+pub fn read(dir: &Path, file: &str) -> Option<String> {
+    std::fs::read_to_string(dir.join(file)).ok()
+}
+
+/// A cgroupfs file holding one number.
+pub fn read_u64(dir: &Path, file: &str) -> Option<u64> {
+    read(dir, file)?.trim().parse().ok()
 }
 
 fn read_limit(dir: &Path, file: &str) -> Option<u64> {
-    parse_limit(&std::fs::read_to_string(dir.join(file)).ok()?)
+    parse_limit(&read(dir, file)?)
 }
 
 /// Reads what cgroupfs says of a memory cgroup right now.

@@ -290,7 +290,7 @@ impl Decoder {
             },
             Domain::Memcg { index } => {
                 let l = &memcg[index];
-                let finite = |p: u64| (p < (1u64 << 50)).then(|| p * page);
+                let finite = |p: u64| crate::oom_domain::finite(p).map(|p| p.saturating_mul(page));
                 Oom {
                     constraint: Some("memcg".into()),
                     cgroup: Some(memcg_path(memcg, index)),

@@ -5,7 +5,7 @@
 //! PSI and the task list are read from cgroupfs and procfs immediately after it, within
 //! milliseconds (`gathered_after_ms` says how long after). v1 and v2 `memory.stat` names are
 //! normalised to one set; a figure a hierarchy does not have is `null`.
-use crate::cgroup_fs::{Hierarchies, MemoryVersion};
+use crate::cgroup_fs::{read, read_u64, Hierarchies, MemoryVersion};
 use crate::event::OomKill;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -106,14 +106,6 @@ pub fn parse_pressure(text: &str) -> Pressure {
             .and_then(|v| v.parse().ok())
     };
     Pressure { some_avg10: avg10("some"), full_avg10: avg10("full") }
-}
-
-fn read(dir: &Path, file: &str) -> Option<String> {
-    std::fs::read_to_string(dir.join(file)).ok()
-}
-
-fn read_u64(dir: &Path, file: &str) -> Option<u64> {
-    read(dir, file)?.trim().parse().ok()
 }
 
 /// RSS of one task from `/proc/<pid>/status` (kB figures).

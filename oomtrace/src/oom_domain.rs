@@ -7,14 +7,9 @@
 //! limit was hit) moved since we last looked. No such ancestor means the node ran out of memory.
 use crate::cgroup_fs::{self, CgroupfsMemory, Hierarchies};
 use crate::event::memcg_path;
-use oomtrace_common::{MemcgLevel, OomContext};
+use oomtrace_common::{MemcgLevel, OomContext, AT_LIMIT_SLACK_PAGES, UNLIMITED_PAGES};
 use std::collections::HashMap;
 
-/// A charge that fails can be up to a PMD-sized folio: usage is within this many pages of the
-/// limit when the memcg OOM killer runs.
-const AT_LIMIT_SLACK_PAGES: u64 = 512;
-/// Above this a page counter means "no limit" (PAGE_COUNTER_MAX and friends).
-const UNLIMITED_PAGES: u64 = 1 << 50;
 /// Bound on the remembered per-cgroup OOM counters (cgroups come and go on a busy node).
 const MAX_TRACKED: usize = 65_536;
 
@@ -42,7 +37,8 @@ pub struct DomainTracker {
     hierarchies: Option<Hierarchies>,
 }
 
-fn finite(p: u64) -> Option<u64> {
+/// A page count that is a real limit (not "max").
+pub fn finite(p: u64) -> Option<u64> {
     (p < UNLIMITED_PAGES).then_some(p)
 }
 

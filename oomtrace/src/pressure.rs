@@ -44,7 +44,7 @@ pub fn decode(raw: &PressureEvent, node: &str, page: u64) -> Option<MemoryPressu
     let levels = &raw.memcg[..depth];
     let i = raw.level as usize;
     let l = levels.get(i)?;
-    let finite = |p: u64| (p < (1u64 << 50)).then(|| p.saturating_mul(page));
+    let finite = |p: u64| crate::oom_domain::finite(p).map(|p| p.saturating_mul(page));
     Some(MemoryPressure {
         schema: SCHEMA.into(),
         time: boot_ns_to_rfc3339(raw.boot_ns),

@@ -752,35 +752,17 @@ fn store_event(st: &mut State, mut event: Value, ns: &str, old: Option<&Value>) 
     };
     meta.insert("name".into(), json!(name));
     meta.insert("namespace".into(), json!(ns));
-    let kept = |field: &str| old.and_then(|o| o["metadata"][field].as_str().map(str::to_string));
-    match kept("uid") {
-        Some(uid) => {
-            meta.insert("uid".into(), json!(uid));
-        }
-        None => {
-            if meta
-                .get("uid")
-                .and_then(Value::as_str)
-                .is_none_or(str::is_empty)
-            {
-                meta.insert("uid".into(), json!(fresh_uid));
-            }
-        }
-    }
-    match kept("creationTimestamp") {
-        Some(ts) => {
-            meta.insert("creationTimestamp".into(), json!(ts));
-        }
-        None => {
-            if meta
-                .get("creationTimestamp")
-                .and_then(Value::as_str)
-                .is_none()
-            {
-                meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
-            }
-        }
-    }
+    // uid and creationTimestamp: kept from the stored object, else the client's (a non-empty
+    // uid, any timestamp), else made here.
+    let mut keep_or_set = |field: &str, accept_empty: bool, fresh: String| {
+        let value = old
+            .and_then(|o| o["metadata"][field].as_str().map(str::to_string))
+            .or_else(|| meta.get(field).and_then(Value::as_str).filter(|v| accept_empty || !v.is_empty()).map(str::to_string))
+            .unwrap_or(fresh);
+        meta.insert(field.into(), json!(value));
+    };
+    keep_or_set("uid", false, fresh_uid.clone());
+    keep_or_set("creationTimestamp", true, now_rfc3339());
     meta.insert("resourceVersion".into(), json!(rv.to_string()));
     st.event_store.insert((ns.to_string(), name), event.clone());
     record_upsert(st, rv, Resource::Events, old, &event);
