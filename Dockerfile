@@ -1,23 +1,22 @@
 # oomtrace daemon image: `docker build -t REGISTRY/oomtrace:TAG .` from the repository root.
 #
-# Build stage: Debian bookworm with the Rust toolchain. `cargo xtask setup` installs what the
-# eBPF programs need (the nightly toolchain with rust-src, and bpf-linker built against LLVM 22
-# from Debian's llvm-22-dev, which comes from the bookworm-security suite; the bookworm images
-# already list it in /etc/apt/sources.list.d/debian.sources), then the daemon is built; its
-# build script compiles and embeds the eBPF programs.
-ARG RUST_VERSION=1.95
-FROM rust:${RUST_VERSION}-bookworm AS build
+# build: Debian bookworm with the pinned stable Rust (Cargo.toml [workspace.metadata.toolchains]);
+# `cargo xtask setup` adds its musl target, the eBPF programs' dated nightly with rust-src and
+# bpf-linker built against Debian's llvm-22-dev (bookworm-security), and checks that their
+# LLVM versions agree. The daemon is linked statically (musl), so the runtime stage needs no libc.
+FROM docker.io/library/rust:1.95.0-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN apt-get update -qq \
+ && apt-get install -y -qq --no-install-recommends musl-tools \
  && cargo xtask setup \
  && rm -rf /var/lib/apt/lists/*
-RUN cargo build --release --locked -p oomtrace \
- && cp target/release/oomtrace /oomtrace
+RUN cargo build --release --locked -p oomtrace --target x86_64-unknown-linux-musl \
+ && cp target/x86_64-unknown-linux-musl/release/oomtrace /oomtrace
 
-# Final stage: glibc and libgcc (all the binary links against, besides the kernel) and nothing
-# else: no shell, no package manager.
-FROM gcr.io/distroless/cc-debian12
+# runtime: the one static binary and nothing else (no shell, no package manager). `cargo xtask
+# image` builds this stage from a binary built on the machine (--build-context build=DIR).
+FROM scratch AS runtime
 COPY --from=build /oomtrace /oomtrace
 # Root, so that the capabilities the DaemonSet adds (BPF, PERFMON) are effective after exec;
 # the DaemonSet drops every other capability.

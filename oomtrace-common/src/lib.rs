@@ -352,9 +352,12 @@ pub mod counter {
     pub const READ_ERRORS: u32 = 2;
     /// OOM invocations seen by the oom_kill_process hook.
     pub const OOM_INVOCATIONS: u32 = 3;
-    /// Pressure events dropped because the ring buffer was full.
+    /// Pressure events dropped because their ring buffer was full.
     pub const PRESSURE_LOST: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// Invocation-end records dropped because the ring buffer was full (the incident then
+    /// closes by its timeout; no kill is lost).
+    pub const INVOCATION_END_LOST: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 #[cfg(feature = "user")]

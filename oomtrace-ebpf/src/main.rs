@@ -41,6 +41,11 @@ static TP_LAYOUT: Global<TracepointLayout> = Global::new(TracepointLayout::MISSI
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
+/// Early warnings to userspace, on a ring of their own so that a flood of them never takes
+/// the room of a kill record. Userspace sets the size at load time.
+#[map]
+static WARNINGS: RingBuf = RingBuf::with_byte_size(256 << 10, 0);
+
 /// See `oomtrace_common::counter`.
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -435,7 +440,7 @@ fn close_oom_ctx() {
                 boot_ns: unsafe { bpf_ktime_get_boot_ns() },
             };
             if EVENTS.output::<InvocationEnd>(&end, 0).is_err() {
-                bump(counter::LOST);
+                bump(counter::INVOCATION_END_LOST);
             }
         }
         ctx.source = ctx_source::NONE;
@@ -503,7 +508,7 @@ pub fn memcg_reclaim_end(ctx: BtfTracePointContext) -> i32 {
             0
         }
     };
-    let Some(mut entry) = EVENTS.reserve::<PressureEvent>(0) else {
+    let Some(mut entry) = WARNINGS.reserve::<PressureEvent>(0) else {
         bump(counter::PRESSURE_LOST);
         return 0;
     };

@@ -34,10 +34,14 @@ impl Hierarchies {
         let mut v1_memory = None;
         for line in text.lines() {
             // id parent maj:min root mountpoint opts [optional...] - fstype source superopts
-            let Some((pre, post)) = line.split_once(" - ") else { continue };
+            let Some((pre, post)) = line.split_once(" - ") else {
+                continue;
+            };
             let pre: Vec<&str> = pre.split(' ').collect();
             let post: Vec<&str> = post.split(' ').collect();
-            let (Some(mnt), Some(fstype)) = (pre.get(4), post.first()) else { continue };
+            let (Some(mnt), Some(fstype)) = (pre.get(4), post.first()) else {
+                continue;
+            };
             let mnt = PathBuf::from(unescape_octal(mnt));
             match *fstype {
                 "cgroup2" if unified.is_none() => unified = Some(mnt),
@@ -52,9 +56,7 @@ impl Hierarchies {
         }
         let memory = match (&v1_memory, &unified) {
             (Some(v1), _) => Some((MemoryVersion::V1, v1.clone())),
-            (None, Some(v2))
-                if controllers(v2).split_whitespace().any(|c| c == "memory") =>
-            {
+            (None, Some(v2)) if controllers(v2).split_whitespace().any(|c| c == "memory") => {
                 Some((MemoryVersion::V2, v2.clone()))
             }
             _ => None,
@@ -74,6 +76,13 @@ impl Hierarchies {
     }
 }
 
+/// The system's page size (the unit of the kernel's memory counters), from sysconf.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).ok().filter(|s| s.is_power_of_two()).unwrap_or(4096)
+}
+
 /// The kernel's id of a cgroup: its kernfs node id, which is the directory's inode number.
 pub fn cgroup_id(dir: PathBuf) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
@@ -86,7 +95,9 @@ fn unescape_octal(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let digits = b.get(i + 1..i + 4).and_then(|d| std::str::from_utf8(d).ok());
+        let digits = b
+            .get(i + 1..i + 4)
+            .and_then(|d| std::str::from_utf8(d).ok());
         if let (b'\\', Some(Ok(v))) = (b[i], digits.map(|d| u8::from_str_radix(d, 8))) {
             out.push(v);
             i += 4;
@@ -155,9 +166,47 @@ pub fn read_memory(version: MemoryVersion, dir: &Path) -> Result<CgroupfsMemory>
 
 /// The victim's cgroups from `/proc/<pid>/cgroup`: (cgroup v2 path, v1 memory path).
 /// Used only when the kernel could not hand us the task (classic tracepoint strategy).
+///
+/// The victim is dying while we read. On v1 hierarchies the kernel shows an exiting task
+/// (PF_EXITING) in `/`, so the v1 path is kept only if the task was not exiting yet *after*
+/// the read; otherwise it is unknown, never `/`. Both files are read through one handle on
+/// `/proc/<pid>`, so a reused pid cannot mix two processes.
 pub fn proc_cgroups(pid: u32) -> Option<(Option<String>, Option<String>)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    Some(parse_proc_cgroup(&text))
+    let dir = std::fs::File::open(format!("/proc/{pid}")).ok()?;
+    let (v2, mem) = parse_proc_cgroup(&read_at(&dir, c"cgroup")?);
+    let exiting = parse_stat_flags(&read_at(&dir, c"stat")?).is_none_or(|f| f & PF_EXITING != 0);
+    Some((v2, if exiting { None } else { mem }))
+}
+
+/// The kernel's `PF_EXITING` task flag (include/linux/sched.h), never cleared once set.
+const PF_EXITING: u64 = 0x4;
+
+/// A file of the process directory `dir` (openat, so it is that process's or nothing).
+fn read_at(dir: &std::fs::File, name: &std::ffi::CStr) -> Option<String> {
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: a valid directory fd and a NUL-terminated name; the returned fd is owned below.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+    let mut text = String::new();
+    f.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// Field 9 (`flags`) of `/proc/<pid>/stat`; the comm before it may hold spaces and parens.
+fn parse_stat_flags(stat: &str) -> Option<u64> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(6)?.parse().ok()
 }
 
 pub fn parse_proc_cgroup(text: &str) -> (Option<String>, Option<String>) {
@@ -169,7 +218,8 @@ pub fn parse_proc_cgroup(text: &str) -> (Option<String>, Option<String>) {
             continue;
         };
         if id == "0" && ctrls.is_empty() {
-            v2 = Some(path.to_string());
+            // cgroup v2 keeps showing a zombie's cgroup, marked once that cgroup is removed.
+            v2 = Some(path.trim_end_matches(" (deleted)").to_string());
         } else if ctrls.split(',').any(|c| c == "memory") {
             mem = Some(path.to_string());
         }
@@ -192,9 +242,18 @@ mod tests {
     #[test]
     fn hybrid_picks_v1_memory() {
         let h = Hierarchies::from_mountinfo(HYBRID, |_| String::new());
-        assert_eq!(h.unified.as_deref(), Some(Path::new("/sys/fs/cgroup/unified")));
-        assert_eq!(h.memory, Some((MemoryVersion::V1, "/sys/fs/cgroup/memory".into())));
-        assert_eq!(h.memory_dir("/a/b"), Some("/sys/fs/cgroup/memory/a/b".into()));
+        assert_eq!(
+            h.unified.as_deref(),
+            Some(Path::new("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(
+            h.memory,
+            Some((MemoryVersion::V1, "/sys/fs/cgroup/memory".into()))
+        );
+        assert_eq!(
+            h.memory_dir("/a/b"),
+            Some("/sys/fs/cgroup/memory/a/b".into())
+        );
     }
 
     #[test]
@@ -220,6 +279,27 @@ mod tests {
             parse_proc_cgroup(t),
             (Some("/user.slice".into()), Some("/oomtrace/x".into()))
         );
+    }
+
+    #[test]
+    fn proc_cgroup_of_a_zombie_in_a_removed_v2_cgroup() {
+        assert_eq!(
+            parse_proc_cgroup("0::/gone (deleted)\n").0.as_deref(),
+            Some("/gone")
+        );
+    }
+
+    #[test]
+    fn stat_flags_after_a_hostile_comm() {
+        let stat = "42 (a) b (c) R 1 42 42 0 -1 4194564 100 0 0 0";
+        assert_eq!(parse_stat_flags(stat), Some(4194564));
+        assert_eq!(parse_stat_flags("42 (x"), None);
+    }
+
+    #[test]
+    fn this_live_process_keeps_its_memory_cgroup() {
+        let own = parse_proc_cgroup(&std::fs::read_to_string("/proc/self/cgroup").unwrap());
+        assert_eq!(proc_cgroups(std::process::id()), Some(own));
     }
 
     #[test]

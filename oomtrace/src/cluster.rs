@@ -3,7 +3,7 @@
 //! Kubernetes is the transport: the daemons publish `OOMKill` Events, this watches them (no
 //! aggregator of our own). A repeated kill of one container shows up again with its count.
 use crate::filter::Filter;
-use crate::k8s::events::{CONTROLLER, REASON};
+use crate::k8s::events::{annotation, CONTROLLER, REASON};
 use crate::output::Format;
 use anyhow::{bail, Result};
 use tokio::signal::unix::{signal, SignalKind};
@@ -28,14 +28,23 @@ pub struct ClusterKill {
     pub namespace: Option<String>,
     pub pod: Option<String>,
     pub container: Option<String>,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub limit_bytes: Option<u64>,
+    pub usage_bytes: Option<u64>,
     pub count: i32,
     pub message: String,
 }
 
-/// The container named in the note (`… in container <name> killed …`).
-fn container_of(note: &str) -> Option<String> {
-    let rest = &note[note.find(" in container ")? + " in container ".len()..];
-    Some(rest.split(' ').next()?.to_string()).filter(|c| !c.is_empty())
+/// The container an Event is about: its annotation, else the `spec.containers{NAME}` kind of
+/// `fieldPath` that kubelet's Events (and Events without annotations) use.
+fn container_of(e: &Event) -> Option<String> {
+    if let Some(c) = e.metadata.annotations.as_ref().and_then(|a| a.get(annotation::CONTAINER)) {
+        return Some(c.clone());
+    }
+    let path = e.regarding.as_ref()?.field_path.as_deref()?;
+    let name = path.strip_suffix('}')?.split_once('{')?.1;
+    Some(name.to_string()).filter(|n| !n.is_empty())
 }
 
 pub fn from_event(e: &Event) -> Option<ClusterKill> {
@@ -54,6 +63,7 @@ pub fn from_event(e: &Event) -> Option<ClusterKill> {
         .or_else(|| e.metadata.creation_timestamp.as_ref().map(|t| t.0));
     let kind = regarding.and_then(|r| r.kind.clone());
     let is_pod = kind.as_deref() == Some("Pod");
+    let number = |key: &str| e.metadata.annotations.as_ref()?.get(key)?.parse().ok();
     Some(ClusterKill {
         time: at.map(|t| t.to_string()).unwrap_or_default(),
         at,
@@ -61,7 +71,11 @@ pub fn from_event(e: &Event) -> Option<ClusterKill> {
         namespace: if is_pod { regarding.and_then(|r| r.namespace.clone()) } else { None },
         pod: if is_pod { regarding.and_then(|r| r.name.clone()) } else { None },
         kind,
-        container: container_of(&note),
+        container: if is_pod { container_of(e) } else { None },
+        pid: number(annotation::PID).and_then(|p: u64| u32::try_from(p).ok()),
+        comm: e.metadata.annotations.as_ref().and_then(|a| a.get(annotation::COMM).cloned()),
+        limit_bytes: number(annotation::LIMIT_BYTES),
+        usage_bytes: number(annotation::USAGE_BYTES),
         count: e.series.as_ref().map_or(1, |s| s.count),
         message: note,
     })
@@ -74,6 +88,8 @@ fn print(out: &mut impl Write, format: Format, k: &ClusterKill, header: &mut boo
             writeln!(out)?;
         }
         Format::Table | Format::Wide => {
+            // Notes are written by whoever may create Events: never raw to a terminal.
+            let out = &mut crate::output::SafeText(&mut *out);
             if !*header {
                 *header = true;
                 writeln!(out, "{:<32} {:<20} {:<40} {:<16} {:>5} MESSAGE", "TIME", "NODE", "POD", "CONTAINER", "COUNT")?;
@@ -204,21 +220,33 @@ mod tests {
     #[test]
     fn events_become_rows() {
         let e: Event = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "api-1.1", "namespace": "shop", "uid": "u1"},
+            "metadata": {"name": "api-1.1", "namespace": "shop", "uid": "u1", "annotations": {
+                "oomtrace.io/container": "app", "oomtrace.io/pid": "4242", "oomtrace.io/comm": "python3",
+                "oomtrace.io/limit-bytes": "2147483648", "oomtrace.io/usage-bytes": "2147483000"}},
             "eventTime": "2026-01-01T10:00:00.000000Z",
             "reason": "OOMKill", "reportingController": "oomtrace", "reportingInstance": "node-1",
             "action": "Killed", "type": "Warning",
             "regarding": {"kind": "Pod", "name": "api-1", "namespace": "shop", "apiVersion": "v1"},
-            "note": "python3 (pid 4242) in container app killed by the OOM killer: rss 1.9GiB",
+            "note": "python3 (pid 4242) in container sidecar killed by the OOM killer: rss 1.9GiB",
             "series": {"count": 3, "lastObservedTime": "2026-01-01T10:05:00.000000Z"}
         }))
         .unwrap();
         let k = from_event(&e).unwrap();
         assert_eq!(k.namespace.as_deref(), Some("shop"));
         assert_eq!(k.pod.as_deref(), Some("api-1"));
-        assert_eq!(k.container.as_deref(), Some("app"));
+        assert_eq!(k.container.as_deref(), Some("app"), "the annotation, never the note's text");
+        assert_eq!((k.pid, k.comm.as_deref()), (Some(4242), Some("python3")));
+        assert_eq!((k.limit_bytes, k.usage_bytes), (Some(2147483648), Some(2147483000)));
         assert_eq!(k.count, 3);
         assert!(k.time.starts_with("2026-01-01T10:05:00"));
+        // Without annotations (an older daemon): kubelet's fieldPath names the container.
+        let mut bare = e.clone();
+        bare.metadata.annotations = None;
+        bare.regarding.as_mut().unwrap().field_path = Some("spec.initContainers{migrate}".into());
+        let k = from_event(&bare).unwrap();
+        assert_eq!((k.container.as_deref(), k.pid, k.limit_bytes), (Some("migrate"), None, None));
+        bare.regarding.as_mut().unwrap().field_path = None;
+        assert_eq!(from_event(&bare).unwrap().container, None);
         let mut other = e.clone();
         other.reporting_controller = Some("kubelet".into());
         assert!(from_event(&other).is_none());

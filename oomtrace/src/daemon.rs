@@ -3,12 +3,14 @@
 //!
 //! Kills are printed and counted whatever happens to the API server: Events are best effort
 //! (retried, then dropped with a counter), and the pod index only ever adds to an event.
-use crate::event::OomKill;
+use crate::model::OomKill;
 use crate::k8s::events::EventPublisher;
 use crate::metrics::Metrics;
+use crate::metrics::Totals;
+use crate::output::OutputErrors;
+use crate::pipeline::{trace, Sink, Snapshot, Stats};
 use crate::pressure::MemoryPressure;
-use crate::tracer::Counters;
-use crate::watch::{trace, HookArgs, KubeArgs, Sink};
+use crate::watch::{HookArgs, KubeArgs};
 use anyhow::{Context, Result};
 use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Router};
 use std::io::Write;
@@ -30,21 +32,36 @@ pub struct DaemonArgs {
     pub k8s: KubeArgs,
 }
 
+/// `/healthz` fails once the ring reader has not run for this long.
+const READER_STALL: std::time::Duration = std::time::Duration::from_secs(5);
+
 struct Health {
     attached: AtomicBool,
+    stats: Arc<Stats>,
     index: Option<crate::k8s::pod_index::PodIndex>,
     metrics: Arc<Metrics>,
 }
 
 async fn serve_metrics(State(h): State<Arc<Health>>) -> impl IntoResponse {
     (
-        [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         h.metrics.encode(),
     )
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+/// Alive while the ring reader keeps running (a stalled reader means lost kills).
+async fn healthz(State(h): State<Arc<Health>>) -> (StatusCode, String) {
+    let idle = h.stats.reader_idle();
+    if idle > READER_STALL {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("ring reader has not run for {idle:.1?}\n"),
+        );
+    }
+    (StatusCode::OK, "ok\n".into())
 }
 
 /// Ready once the programs are attached and, in a cluster, the pod index has synced.
@@ -62,6 +79,22 @@ struct DaemonSink {
     health: Arc<Health>,
     events: Option<EventPublisher>,
     out: std::io::Stdout,
+    kill_errors: OutputErrors,
+    warning_errors: OutputErrors,
+}
+
+impl DaemonSink {
+    /// One JSON line, flushed; a failed write is counted in `errors` and the daemon goes on.
+    fn line(out: &std::io::Stdout, v: &impl serde::Serialize, errors: &mut OutputErrors) {
+        let mut out = out.lock();
+        let r = serde_json::to_writer(&mut out, v)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out))
+            .and_then(|()| out.flush());
+        if let Err(e) = r {
+            errors.failed(&e);
+        }
+    }
 }
 
 impl Sink for DaemonSink {
@@ -70,29 +103,24 @@ impl Sink for DaemonSink {
         self.health.attached.store(true, Ordering::Relaxed);
     }
 
-    fn kill(&mut self, ev: &OomKill) -> Result<bool> {
-        let mut out = self.out.lock();
-        serde_json::to_writer(&mut out, ev)?;
-        writeln!(out)?;
-        out.flush()?;
+    fn kill(&mut self, ev: &OomKill) -> bool {
+        Self::line(&self.out, ev, &mut self.kill_errors);
         self.health.metrics.record(ev);
         if let Some(p) = &self.events {
             p.publish(ev);
         }
-        Ok(true)
+        true
     }
 
-    fn counters(&mut self, c: &Counters) {
-        self.health.metrics.set_lost(c.lost);
-    }
-
-    fn pressure(&mut self, p: &MemoryPressure) -> Result<()> {
-        let mut out = self.out.lock();
-        serde_json::to_writer(&mut out, p)?;
-        writeln!(out)?;
-        out.flush()?;
+    fn pressure(&mut self, p: &MemoryPressure) {
+        Self::line(&self.out, p, &mut self.warning_errors);
         self.health.metrics.record_pressure(p);
-        Ok(())
+    }
+
+    fn finish(&mut self, deadline: std::time::Instant) {
+        if let Some(p) = self.events.take() {
+            p.finish(deadline);
+        }
     }
 }
 
@@ -100,8 +128,10 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
     let client = args.k8s.client().await?;
     let attributor = args.k8s.attributor(client.clone());
     let metrics = Arc::new(Metrics::new());
+    let stats = Arc::new(Stats::default());
     let health = Arc::new(Health {
         attached: AtomicBool::new(false),
+        stats: stats.clone(),
         index: attributor.index().cloned(),
         metrics: metrics.clone(),
     });
@@ -113,17 +143,35 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
-    tracing::info!("serving /metrics, /healthz, /readyz on {}", listener.local_addr()?);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("HTTP server stopped: {e}");
-        }
-    });
+    tracing::info!(
+        "serving /metrics, /healthz, /readyz on {}",
+        listener.local_addr()?
+    );
+    tokio::spawn(crate::listener::serve(listener, app));
 
     let events = match (args.no_events, client) {
-        (false, Some(c)) => Some(EventPublisher::spawn(c, crate::node_name(), metrics)),
+        (false, Some(c)) => Some(EventPublisher::spawn(
+            c,
+            crate::node_name(),
+            metrics.clone(),
+        )),
         _ => None,
     };
-    let mut sink = DaemonSink { health, events, out: std::io::stdout() };
-    trace(&args.hooks.options(), &attributor, &mut sink).await
+    let (kill_errors, warning_errors) = (OutputErrors::default(), OutputErrors::default());
+    let (kill_failed, warning_failed) = (kill_errors.total.clone(), warning_errors.total.clone());
+    let export = move |s: &Snapshot| {
+        metrics.set_totals(&Totals {
+            snapshot: *s,
+            output_lost_kills: kill_failed.load(Ordering::Relaxed),
+            output_lost_warnings: warning_failed.load(Ordering::Relaxed),
+        });
+    };
+    let mut sink = DaemonSink {
+        health,
+        events,
+        out: std::io::stdout(),
+        kill_errors,
+        warning_errors,
+    };
+    trace(&args.hooks.options(), &attributor, &mut sink, stats, export).await
 }

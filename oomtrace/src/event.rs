@@ -1,184 +1,11 @@
-//! The OOM kill event: what userspace prints and forwards, decoded from the kernel's record.
-//!
-//! Field names are stable (versioned by `schema`); a value the kernel did not give us is `null`,
-//! never 0, and each section says how its values were obtained (`source`).
+//! Decoding: a kernel victim record becomes an OOM kill event (clock conversion, units, the
+//! OOM domain, the procfs fallback of the classic tracepoint), and the victim's runtime from
+//! its command line and environment, read first of all: they are gone within milliseconds.
 use crate::cgroup_fs::{self, Hierarchies};
+use crate::model::{CgroupRef, Oom, OomKill, RuntimeSource, Trigger, Victim, VictimCgroup, SCHEMA};
 use crate::oom_domain::{Domain, DomainTracker};
-use oomtrace_common::{
-    ctx_source, kind, source, valid, CgroupLevel, InvocationEnd, MemcgLevel, OomEvent, PressureEvent,
-    MAX_CGROUP_DEPTH,
-};
-use serde::{Deserialize, Serialize};
-
-pub const SCHEMA: &str = "oomtrace.oom_kill/v1";
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct OomKill {
-    pub schema: String,
-    /// When the kernel marked the victim (RFC 3339, nanoseconds, UTC).
-    pub time: String,
-    pub node: String,
-    pub victim: Victim,
-    pub trigger: Trigger,
-    pub oom: Oom,
-    pub cgroup: VictimCgroup,
-    /// The OOM this victim belongs to (several victims for a group kill).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub incident: Option<crate::incident::Incident>,
-    /// One line saying why (see `explain::verdict` for the rules).
-    pub verdict: Option<String>,
-    /// Pod and container of the victim, when it lived under kubepods.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub k8s: Option<crate::k8s::attribution::K8s>,
-    /// OpenTelemetry semantic-convention keys (`k8s.pod.name`, `process.pid`, …), so log
-    /// pipelines map the event without rules.
-    #[serde(default)]
-    pub resource: std::collections::BTreeMap<String, serde_json::Value>,
-    /// Events dropped (ring buffer full) since the previous event was printed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lost_events: Option<u64>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-pub struct Victim {
-    pub pid: Option<u32>,
-    pub tgid: Option<u32>,
-    pub comm: Option<String>,
-    pub uid: Option<u32>,
-    /// pid inside the victim's own pid namespace.
-    pub ns_pid: Option<u32>,
-    pub oom_score_adj: Option<i32>,
-    pub total_vm_bytes: Option<u64>,
-    pub rss_anon_bytes: Option<u64>,
-    pub rss_file_bytes: Option<u64>,
-    pub rss_shmem_bytes: Option<u64>,
-    pub swap_bytes: Option<u64>,
-    pub pgtables_bytes: Option<u64>,
-    /// For a victim inside a Kubernetes container: whether it was the container's main
-    /// process (PID 1 of its pid namespace: the container restarts) or not (the pod keeps
-    /// running and only this event tells).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub container_init: Option<bool>,
-    /// `tp_btf:task_struct` (read from the victim's task) or `tracepoint:record`.
-    pub source: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-pub struct Trigger {
-    pub pid: Option<u32>,
-    pub tgid: Option<u32>,
-    pub comm: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-pub struct Oom {
-    /// `memcg`, `global`, `cpuset` or `mempolicy`.
-    pub constraint: Option<String>,
-    /// Path of the cgroup whose limit was hit (`/` for a global OOM).
-    pub cgroup: Option<String>,
-    pub cgroup_id: Option<u64>,
-    pub limit_bytes: Option<u64>,
-    pub usage_bytes: Option<u64>,
-    pub swap_limit_bytes: Option<u64>,
-    /// Allocation order and GFP mask of the failed allocation (oom_control hook only).
-    pub order: Option<i32>,
-    pub gfp_mask: Option<String>,
-    /// Size of the OOM domain (RAM + swap of the node or the cgroup) the kernel scored
-    /// victims against, in bytes. This is not the victim's memory.
-    pub domain_bytes: Option<u64>,
-    /// Sequence number of the OOM invocation (victims of one OOM share it).
-    pub invocation: Option<u64>,
-    /// `memory.oom.group` is set on the victim's cgroup or an ancestor within the OOM domain:
-    /// the kernel kills the whole group.
-    pub group_kill: Option<bool>,
-    /// Breakdown, top tasks and pressure of the OOM cgroup (see `explain`).
-    #[serde(flatten)]
-    pub details: crate::explain::Explanation,
-    /// How the values were obtained: `kernel:oom_control` (fentry/kprobe on
-    /// oom_kill_process), `kernel:memcg` (the victim's memcg ancestry read in the kernel at
-    /// the kill), `cgroupfs` (read from cgroupfs right after the kill), or `unknown`.
-    pub source: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-pub struct CgroupRef {
-    pub id: Option<u64>,
-    pub path: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-pub struct VictimCgroup {
-    /// The victim's cgroup v2 (unified hierarchy) cgroup.
-    pub id: Option<u64>,
-    pub path: Option<String>,
-    /// The victim's memory cgroup (the v1 memory hierarchy on hybrid hosts; on pure
-    /// cgroup v2 the nearest cgroup with the memory controller).
-    pub memory: CgroupRef,
-    /// `kernel` (read from the task at the kill) or `procfs` (/proc/<pid>/cgroup after it).
-    pub source: String,
-}
-
-/// Bytes of a fixed-size, possibly NUL-terminated kernel string.
-pub fn cstr(b: &[u8]) -> String {
-    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    String::from_utf8_lossy(&b[..end]).into_owned()
-}
-
-/// A ring buffer record, by its leading `kind`.
-pub enum Record {
-    Victim(Box<OomEvent>),
-    InvocationEnd(InvocationEnd),
-    Pressure(Box<PressureEvent>),
-}
-
-/// Reads `T` from the start of `b`; `None` if it is too short.
-fn pod_from_bytes<T: Copy>(b: &[u8]) -> Option<T> {
-    if b.len() < std::mem::size_of::<T>() {
-        return None;
-    }
-    // SAFETY: length checked; the record types are plain old data valid for any bit pattern.
-    Some(unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<T>()) })
-}
-
-/// Decodes a ring buffer record; `None` for an unknown kind or a short record.
-pub fn record_from_bytes(b: &[u8]) -> Option<Record> {
-    match u32::from_ne_bytes(b.get(..4)?.try_into().ok()?) {
-        kind::VICTIM => pod_from_bytes(b).map(|e| Record::Victim(Box::new(e))),
-        kind::INVOCATION_END => pod_from_bytes(b).map(Record::InvocationEnd),
-        kind::PRESSURE => pod_from_bytes(b).map(|e| Record::Pressure(Box::new(e))),
-        _ => None,
-    }
-}
-
-
-/// Joins kernfs names from the root down to `levels[0]`. The root's own name is not part of
-/// any path.
-fn path_of<'a>(names: impl DoubleEndedIterator<Item = &'a [u8]>) -> String {
-    let mut parts: Vec<String> = names.rev().skip(1).map(cstr).collect();
-    parts.retain(|p| !p.is_empty());
-    format!("/{}", parts.join("/"))
-}
-
-/// The memcg ancestry as the kernel captured it: `[0]` = the victim's memcg, or the
-/// trigger's where only that was known (MEMCG_CHAIN_OF_TRIGGER).
-pub fn memcg_levels(raw: &OomEvent) -> &[MemcgLevel] {
-    if raw.valid & (valid::MEMCG_CHAIN | valid::MEMCG_CHAIN_OF_TRIGGER) == 0 {
-        return &[];
-    }
-    &raw.memcg[..(raw.memcg_depth as usize).min(MAX_CGROUP_DEPTH)]
-}
-
-fn dfl_levels(raw: &OomEvent) -> &[CgroupLevel] {
-    if raw.valid & valid::DFL_CHAIN == 0 {
-        return &[];
-    }
-    &raw.dfl[..(raw.dfl_depth as usize).min(MAX_CGROUP_DEPTH)]
-}
-
-/// Path of `levels[i]` (its name and those of its ancestors).
-pub fn memcg_path(levels: &[MemcgLevel], i: usize) -> String {
-    path_of(levels[i..].iter().map(|l| &l.name[..]))
-}
+use crate::record::{boot_ns_to_rfc3339, cstr, dfl_levels, memcg_levels, memcg_path, path_of};
+use oomtrace_common::{ctx_source, source, valid, MemcgLevel, OomEvent};
 
 /// Turns kernel records into events: clock conversion, units, OOM domain.
 pub struct Decoder {
@@ -186,14 +13,21 @@ pub struct Decoder {
     page_size: u64,
     hierarchies: Option<Hierarchies>,
     domain: DomainTracker,
+    /// This process sees the kernel's pids, so `/proc/<victim pid>` is the victim.
+    host_pids: bool,
 }
 
 impl Decoder {
     pub fn new(node: String, hierarchies: Option<Hierarchies>) -> Self {
-        // SAFETY: sysconf has no preconditions.
-        let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+        let page_size = cgroup_fs::page_size();
         let domain = DomainTracker::new(hierarchies.clone());
-        Self { node, page_size, hierarchies, domain }
+        Self {
+            node,
+            page_size,
+            hierarchies,
+            domain,
+            host_pids: crate::runtime::procfs::host_pids(),
+        }
     }
 
     pub fn page_size(&self) -> u64 {
@@ -205,10 +39,20 @@ impl Decoder {
         let has = |bit| v & bit != 0;
         let page = self.page_size;
         // Pages from the task, kB from the classic tracepoint's record.
-        let unit = if has(valid::FROM_TRACEPOINT_RECORD) { 1024 } else { page };
+        let unit = if has(valid::FROM_TRACEPOINT_RECORD) {
+            1024
+        } else {
+            page
+        };
         let opt = |bit, val: u64| has(bit).then_some(val);
+        let pid = has(valid::VICTIM_TASK).then_some(if raw.victim_tgid != 0 { raw.victim_tgid } else { raw.victim_pid });
+        // The thread whose allocation the kill answered, when it is one of the victim's.
+        let busy = pid.filter(|p| *p == raw.trigger_tgid).map(|_| raw.trigger_pid);
+        let process = pid
+            .filter(|_| self.host_pids)
+            .and_then(|p| crate::runtime::procfs::read(p, busy));
 
-        let victim = Victim {
+        let mut victim = Victim {
             pid: opt(valid::VICTIM_TASK, raw.victim_pid as u64).map(|p| p as u32),
             tgid: (has(valid::VICTIM_TASK) && raw.victim_tgid != 0).then_some(raw.victim_tgid),
             comm: has(valid::VICTIM_COMM).then(|| cstr(&raw.victim_comm)),
@@ -222,9 +66,15 @@ impl Decoder {
             swap_bytes: opt(valid::RSS_SWAP, raw.rss_swap.saturating_mul(page)),
             pgtables_bytes: opt(
                 valid::PGTABLES,
-                if has(valid::FROM_TRACEPOINT_RECORD) { raw.pgtables.saturating_mul(1024) } else { raw.pgtables },
+                if has(valid::FROM_TRACEPOINT_RECORD) {
+                    raw.pgtables.saturating_mul(1024)
+                } else {
+                    raw.pgtables
+                },
             ),
             container_init: None,
+            runtime: None,
+            cmdline_read: process.is_some(),
             source: match raw.source {
                 source::TP_BTF => "tp_btf:task_struct",
                 source::TRACEPOINT if has(valid::FROM_TRACEPOINT_RECORD) => "tracepoint:record",
@@ -253,11 +103,19 @@ impl Decoder {
         };
         if dfl.is_empty() && victims_memcg.is_empty() {
             cgroup.source = "unknown".into();
-            if let Some((v2, mem)) = victim.pid.and_then(crate::cgroup_fs::proc_cgroups) {
+            // Only where our pids are the kernel's: in a pod's pid namespace `/proc/<pid>` is
+            // another process, whose cgroups would be reported as the victim's.
+            let read = victim.pid.filter(|_| self.host_pids).and_then(crate::cgroup_fs::proc_cgroups);
+            if let Some((v2, mem)) = read.filter(|(v2, mem)| v2.is_some() || mem.is_some()) {
                 if let Some(h) = &self.hierarchies {
-                    cgroup.id = v2.as_deref().and_then(|p| h.unified_dir(p)).and_then(cgroup_fs::cgroup_id);
-                    cgroup.memory.id =
-                        mem.as_deref().and_then(|p| h.memory_dir(p)).and_then(cgroup_fs::cgroup_id);
+                    cgroup.id = v2
+                        .as_deref()
+                        .and_then(|p| h.unified_dir(p))
+                        .and_then(cgroup_fs::cgroup_id);
+                    cgroup.memory.id = mem
+                        .as_deref()
+                        .and_then(|p| h.memory_dir(p))
+                        .and_then(cgroup_fs::cgroup_id);
                 }
                 cgroup.path = v2;
                 cgroup.memory.path = mem;
@@ -266,10 +124,19 @@ impl Decoder {
         }
 
         let ctx = has(valid::OOM_CONTEXT).then_some(&raw.ctx);
-        let domain = self.domain.resolve(memcg, ctx, cgroup.memory.path.as_deref());
+        let domain = self
+            .domain
+            .resolve(memcg, ctx, cgroup.memory.path.as_deref());
         let group_kill = group_kill(memcg, &domain);
         let mut oom = match domain {
-            Domain::Context { constraint, cgroup: cg, cgroup_id, limit_pages, usage_pages, swap_limit_pages } => Oom {
+            Domain::Context {
+                constraint,
+                cgroup: cg,
+                cgroup_id,
+                limit_pages,
+                usage_pages,
+                swap_limit_pages,
+            } => Oom {
                 constraint: Some(constraint.into()),
                 cgroup: cg,
                 cgroup_id,
@@ -317,9 +184,15 @@ impl Decoder {
                 source: source.into(),
                 ..Default::default()
             },
-            Domain::Unknown => Oom { source: "unknown".into(), ..Default::default() },
+            Domain::Unknown => Oom {
+                source: "unknown".into(),
+                ..Default::default()
+            },
         };
         oom.group_kill = group_kill;
+        victim.runtime = process
+            .as_ref()
+            .and_then(|p| crate::runtime::recognise(p, oom.limit_bytes, RuntimeSource::Procfs));
 
         OomKill {
             schema: SCHEMA.into(),
@@ -338,54 +211,15 @@ impl Decoder {
     }
 }
 
-impl OomKill {
-    /// The kernel's timestamp of the kill as a `SystemTime`.
-    pub fn killed_at(&self) -> Option<std::time::SystemTime> {
-        let t = chrono::DateTime::parse_from_rfc3339(&self.time).ok()?;
-        let ns = t.timestamp_nanos_opt()?;
-        Some(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(u64::try_from(ns).ok()?))
-    }
-
-    /// Adds the OOM cgroup's breakdown and the verdict.
-    pub fn explain(&mut self, h: Option<&Hierarchies>) {
-        let killed_at = self.killed_at().unwrap_or_else(std::time::SystemTime::now);
-        if let Some(x) = h.and_then(|h| crate::explain::gather(self, h, killed_at)) {
-            self.oom.details = x;
-        }
-        self.verdict = Some(crate::explain::verdict(self, Some(&self.oom.details)));
-    }
-
-    /// Fills `resource` from the event (call after Kubernetes attribution).
-    pub fn fill_resource(&mut self) {
-        use serde_json::Value;
-        let mut r = std::collections::BTreeMap::new();
-        let mut put = |k: &str, v: Option<Value>| {
-            if let Some(v) = v {
-                r.insert(k.to_string(), v);
-            }
-        };
-        put("host.name", Some(self.node.clone().into()));
-        put("process.pid", self.victim.pid.map(Into::into));
-        put("process.executable.name", self.victim.comm.clone().map(Into::into));
-        if let Some(k) = &self.k8s {
-            put("k8s.node.name", k.node.clone().map(Into::into));
-            put("k8s.namespace.name", k.namespace.clone().map(Into::into));
-            put("k8s.pod.name", k.pod.clone().map(Into::into));
-            put("k8s.pod.uid", k.pod_uid.clone().map(Into::into));
-            put("k8s.container.name", k.container.clone().map(Into::into));
-            put("container.id", k.container_id.clone().map(Into::into));
-            put("container.runtime", k.runtime.clone().map(Into::into));
-        }
-        self.resource = r;
-    }
-}
-
 /// Whether the kernel kills the whole group: `memory.oom.group` on the victim's memcg or an
 /// ancestor inside the OOM domain (below the root for a node-wide OOM).
 fn group_kill(levels: &[MemcgLevel], domain: &Domain) -> Option<bool> {
     let top = match domain {
         Domain::Memcg { index } => *index,
-        Domain::Context { cgroup_id: Some(id), .. } => levels.iter().position(|l| l.id == *id)?,
+        Domain::Context {
+            cgroup_id: Some(id),
+            ..
+        } => levels.iter().position(|l| l.id == *id)?,
         _ => levels.len().checked_sub(2)?,
     };
     let within = levels.get(..=top)?;
@@ -395,85 +229,17 @@ fn group_kill(levels: &[MemcgLevel], domain: &Domain) -> Option<bool> {
     within.iter().all(|l| l.oom_group == 0).then_some(false)
 }
 
-fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid out pointer.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
-}
-
-/// Converts `bpf_ktime_get_boot_ns()` to wall-clock time, using the current offset between
-/// CLOCK_REALTIME and CLOCK_BOOTTIME.
-pub fn boot_ns_to_rfc3339(boot_ns: u64) -> String {
-    let offset = clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME);
-    let wall = boot_ns as i128 + offset;
-    let secs = wall.div_euclid(1_000_000_000) as i64;
-    let nanos = wall.rem_euclid(1_000_000_000) as u32;
-    chrono::DateTime::from_timestamp(secs, nanos)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
-}
-
-/// A kill built from JSON over a minimal valid base, for unit tests.
-#[cfg(test)]
-pub(crate) fn test_kill(over: serde_json::Value) -> OomKill {
-    let mut base = serde_json::json!({
-        "schema": SCHEMA, "time": "2026-01-01T00:00:00.000000000Z", "node": "node-1",
-        "victim": {"source": "test"}, "trigger": {},
-        "oom": {"source": "test"}, "cgroup": {"memory": {}, "source": "test"}
-    });
-    fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
-        match (a, b) {
-            (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
-                for (k, v) in b {
-                    merge(a.entry(k).or_insert(serde_json::Value::Null), v);
-                }
-            }
-            (a, b) => *a = b,
-        }
-    }
-    merge(&mut base, over);
-    serde_json::from_value(base).expect("valid test kill")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn name(s: &str) -> [u8; oomtrace_common::CGROUP_NAME_LEN] {
-        let mut n = [0u8; oomtrace_common::CGROUP_NAME_LEN];
-        n[..s.len()].copy_from_slice(s.as_bytes());
-        n
-    }
-
-    #[test]
-    fn paths_skip_the_root_name() {
-        let names = [name("leaf"), name("mid"), name("")];
-        assert_eq!(path_of(names.iter().map(|n| &n[..])), "/mid/leaf");
-        let root = [name("")];
-        assert_eq!(path_of(root.iter().map(|n| &n[..])), "/");
-    }
-
-    fn victim_record(len: usize) -> Vec<u8> {
-        let mut buf = vec![0u8; len];
-        buf[..4].copy_from_slice(&kind::VICTIM.to_ne_bytes());
-        buf
-    }
-
-    #[test]
-    fn short_or_unknown_records_are_rejected() {
-        assert!(record_from_bytes(&victim_record(16)).is_none());
-        assert!(record_from_bytes(&[]).is_none());
-        assert!(record_from_bytes(&[0xff; 64]).is_none());
-        let Some(Record::Victim(raw)) = record_from_bytes(&victim_record(std::mem::size_of::<OomEvent>())) else {
-            panic!("a full victim record decodes");
-        };
-        assert_eq!(raw.valid, 0);
-    }
+    use crate::output::{Format, Printer};
+    use crate::record::{record_from_bytes, victim_record, Record};
 
     #[test]
     fn unknown_values_are_null() {
-        let Some(Record::Victim(raw)) = record_from_bytes(&victim_record(std::mem::size_of::<OomEvent>())) else {
+        let Some(Record::Victim(raw)) =
+            record_from_bytes(&victim_record(std::mem::size_of::<OomEvent>()))
+        else {
             panic!("a full victim record decodes");
         };
         let mut d = Decoder::new("n".into(), None);
@@ -498,8 +264,15 @@ mod tests {
             let mut d = Decoder::new("n".into(), None);
             match record_from_bytes(&bytes) {
                 Some(Record::Victim(raw)) => {
-                    let ev = d.decode(&raw, 1);
-                    serde_json::to_string(&ev).unwrap();
+                    // The whole path after decode: verdict, metrics, Event note, every printer.
+                    let mut ev = d.decode(&raw, 1);
+                    crate::explain::apply(&mut ev, None);
+                    ev.fill_resource();
+                    crate::metrics::Metrics::new().record(&ev);
+                    crate::k8s::events::note(&ev);
+                    for format in [Format::Json, Format::Table, Format::Wide] {
+                        Printer::new(Vec::new(), format).print(&ev).unwrap();
+                    }
                 }
                 Some(Record::Pressure(raw)) => {
                     if let Some(p) = crate::pressure::decode(&raw, "n", d.page_size()) {

@@ -6,59 +6,13 @@
 //! milliseconds (`gathered_after_ms` says how long after). v1 and v2 `memory.stat` names are
 //! normalised to one set; a figure a hierarchy does not have is `null`.
 use crate::cgroup_fs::{read, read_u64, Hierarchies, MemoryVersion};
-use crate::event::OomKill;
-use serde::{Deserialize, Serialize};
+use crate::model::{Ceiling, Explanation, MemoryStat, OomKill, Pressure, Recommendation, RuntimeName, TaskRss};
+use crate::output::human;
 use std::collections::HashMap;
 use std::path::Path;
 
 /// How many tasks `oom.tasks` lists (largest RSS first), like the kernel's own dump but bounded.
 pub const TOP_TASKS: usize = 8;
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct MemoryStat {
-    pub anon_bytes: Option<u64>,
-    pub file_bytes: Option<u64>,
-    pub kernel_bytes: Option<u64>,
-    pub slab_bytes: Option<u64>,
-    pub sock_bytes: Option<u64>,
-    pub shmem_bytes: Option<u64>,
-    pub file_mapped_bytes: Option<u64>,
-    pub file_dirty_bytes: Option<u64>,
-    pub file_writeback_bytes: Option<u64>,
-    pub swap_bytes: Option<u64>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Pressure {
-    pub some_avg10: Option<f64>,
-    pub full_avg10: Option<f64>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct TaskRss {
-    pub pid: u32,
-    pub comm: String,
-    pub rss_bytes: u64,
-    pub rss_anon_bytes: u64,
-    pub rss_file_bytes: u64,
-    pub rss_shmem_bytes: u64,
-}
-
-/// What `explain` adds under `oom`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct Explanation {
-    pub memory_stat: Option<MemoryStat>,
-    pub swap_usage_bytes: Option<u64>,
-    pub high_bytes: Option<u64>,
-    pub pressure: Option<Pressure>,
-    /// Largest tasks of the OOM cgroup; the victim with its RSS at the kill.
-    pub tasks: Vec<TaskRss>,
-    /// `cgroupfs+procfs` (read right after the kill); null when nothing was gathered.
-    pub details_source: Option<String>,
-    /// How long after the kill the details were read.
-    pub details_after_ms: Option<f64>,
-}
 
 /// Parses `memory.stat` (either version) into the normalised set.
 pub fn parse_memory_stat(version: MemoryVersion, text: &str) -> MemoryStat {
@@ -105,7 +59,10 @@ pub fn parse_pressure(text: &str) -> Pressure {
             .and_then(|l| l.split_whitespace().find_map(|f| f.strip_prefix("avg10=")))
             .and_then(|v| v.parse().ok())
     };
-    Pressure { some_avg10: avg10("some"), full_avg10: avg10("full") }
+    Pressure {
+        some_avg10: avg10("some"),
+        full_avg10: avg10("full"),
+    }
 }
 
 /// RSS of one task from `/proc/<pid>/status` (kB figures).
@@ -115,7 +72,7 @@ fn task_rss(pid: u32) -> Option<TaskRss> {
     let (mut anon, mut file, mut shmem) = (0u64, 0u64, 0u64);
     for l in status.lines() {
         let (k, v) = l.split_once(':')?;
-        let kb = || v.trim().trim_end_matches(" kB").parse::<u64>().unwrap_or(0) * 1024;
+        let kb = || v.trim().trim_end_matches(" kB").parse::<u64>().unwrap_or(0).saturating_mul(1024);
         match k {
             "Name" => comm = v.trim().to_string(),
             "RssAnon" => anon = kb(),
@@ -124,24 +81,78 @@ fn task_rss(pid: u32) -> Option<TaskRss> {
             _ => {}
         }
     }
-    Some(TaskRss { pid, comm, rss_bytes: anon + file + shmem, rss_anon_bytes: anon, rss_file_bytes: file, rss_shmem_bytes: shmem })
+    Some(TaskRss {
+        pid,
+        comm,
+        rss_bytes: crate::model::rss_total(anon, file, shmem),
+        rss_anon_bytes: anon,
+        rss_file_bytes: file,
+        rss_shmem_bytes: shmem,
+    })
 }
 
-/// Bound on the processes looked at (an OOM of a huge cgroup must not stall the tracer).
-const MAX_PROCS: usize = 4096;
+/// Bounds on what one explanation reads, so an OOM of a huge or wide cgroup tree cannot stall
+/// the kills behind it: processes looked at, directories walked, and wall time.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    pub max_tasks: usize,
+    pub max_dirs: usize,
+    pub time: std::time::Duration,
+}
 
-/// Every process in `dir` and the cgroups below it.
-fn procs_below(dir: &Path, out: &mut Vec<u32>, depth: u32) {
-    if depth > 16 || out.len() >= MAX_PROCS {
-        return;
+impl Default for Budget {
+    fn default() -> Self {
+        Self {
+            max_tasks: 4096,
+            max_dirs: 1024,
+            time: std::time::Duration::from_millis(100),
+        }
     }
-    if let Some(t) = read(dir, "cgroup.procs") {
-        out.extend(t.lines().filter_map(|l| l.trim().parse::<u32>().ok()).take(MAX_PROCS - out.len()));
+}
+
+/// The walk of one OOM cgroup's tree, within a [`Budget`].
+struct Walk {
+    budget: Budget,
+    deadline: std::time::Instant,
+    dirs: usize,
+    /// A bound was reached: the task list may be incomplete.
+    cut: bool,
+}
+
+impl Walk {
+    fn spent(&mut self) -> bool {
+        if std::time::Instant::now() >= self.deadline {
+            self.cut = true;
+        }
+        self.cut
     }
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                procs_below(&e.path(), out, depth + 1);
+
+    /// Every process in `dir` and the cgroups below it.
+    fn procs_below(&mut self, dir: &Path, out: &mut Vec<u32>, depth: u32) {
+        if depth > 16 || self.spent() {
+            return;
+        }
+        if out.len() >= self.budget.max_tasks || self.dirs >= self.budget.max_dirs {
+            self.cut = true;
+            return;
+        }
+        self.dirs += 1;
+        if let Some(t) = read(dir, "cgroup.procs") {
+            let room = self.budget.max_tasks - out.len();
+            out.extend(
+                t.lines()
+                    .filter_map(|l| l.trim().parse::<u32>().ok())
+                    .take(room),
+            );
+        }
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    self.procs_below(&e.path(), out, depth + 1);
+                }
+                if self.cut {
+                    return;
+                }
             }
         }
     }
@@ -149,7 +160,13 @@ fn procs_below(dir: &Path, out: &mut Vec<u32>, depth: u32) {
 
 /// Gathers the explanation of `ev`'s OOM cgroup (memcg OOMs only; a node-wide OOM has no
 /// cgroup to break down). `killed_at` is when the kernel marked the victim.
-pub fn gather(ev: &OomKill, h: &Hierarchies, killed_at: std::time::SystemTime) -> Option<Explanation> {
+/// Returns whether a bound of `budget` cut it short (the task list is then partial).
+pub fn gather(
+    ev: &OomKill,
+    h: &Hierarchies,
+    killed_at: std::time::SystemTime,
+    budget: Budget,
+) -> Option<(Explanation, bool)> {
     if ev.oom.constraint.as_deref() != Some("memcg") {
         return None;
     }
@@ -179,22 +196,33 @@ pub fn gather(ev: &OomKill, h: &Hierarchies, killed_at: std::time::SystemTime) -
             }
         }
     }
+    let mut walk = Walk {
+        budget,
+        deadline: std::time::Instant::now() + budget.time,
+        dirs: 0,
+        cut: false,
+    };
     let mut pids = Vec::new();
-    procs_below(&dir, &mut pids, 0);
+    walk.procs_below(&dir, &mut pids, 0);
     let victim = ev.victim.pid;
-    let mut tasks: Vec<TaskRss> = pids
-        .into_iter()
-        .filter(|p| Some(*p) != victim)
-        .filter_map(task_rss)
-        .collect();
+    let mut tasks = Vec::new();
+    for pid in pids.into_iter().filter(|p| Some(*p) != victim) {
+        if walk.spent() {
+            break;
+        }
+        tasks.extend(task_rss(pid));
+    }
     // The victim as the kernel saw it at the kill (by now its memory is being reaped).
-    if let (Some(pid), Some(a), Some(f), Some(s)) =
-        (victim, ev.victim.rss_anon_bytes, ev.victim.rss_file_bytes, ev.victim.rss_shmem_bytes)
-    {
+    if let (Some(pid), Some(a), Some(f), Some(s)) = (
+        victim,
+        ev.victim.rss_anon_bytes,
+        ev.victim.rss_file_bytes,
+        ev.victim.rss_shmem_bytes,
+    ) {
         tasks.push(TaskRss {
             pid,
             comm: ev.victim.comm.clone().unwrap_or_default(),
-            rss_bytes: a + f + s,
+            rss_bytes: crate::model::rss_total(a, f, s),
             rss_anon_bytes: a,
             rss_file_bytes: f,
             rss_shmem_bytes: s,
@@ -204,76 +232,203 @@ pub fn gather(ev: &OomKill, h: &Hierarchies, killed_at: std::time::SystemTime) -
     tasks.truncate(TOP_TASKS);
     x.tasks = tasks;
     x.details_after_ms = killed_at.elapsed().ok().map(|d| d.as_secs_f64() * 1000.0);
-    Some(x)
+    Some((x, walk.cut))
 }
 
 fn pct(part: u64, whole: u64) -> u64 {
     if whole == 0 {
         0
     } else {
-        part * 100 / whole
+        // In u128: `part * 100` cannot overflow there.
+        u64::try_from(u128::from(part) * 100 / u128::from(whole)).unwrap_or(u64::MAX)
     }
 }
 
-/// One line an on-call engineer reads first. The rules, in order:
+/// Adds the OOM cgroup's breakdown (when one was gathered), the verdict and the
+/// recommendation to `ev`.
+pub fn apply(ev: &mut OomKill, details: Option<Explanation>) {
+    if let Some(x) = details {
+        ev.oom.details = x;
+    }
+    let (verdict, recommendation) = judge(ev, Some(&ev.oom.details));
+    ev.verdict = Some(verdict);
+    ev.oom.recommendation = recommendation;
+}
+
+/// One line an on-call engineer reads first, and what to change when the evidence names it.
+/// The rules, in order:
 /// 1. node-wide OOM → "node out of memory; <victim> was the largest task";
 /// 2. the OOM cgroup is a pod-level cgroup → "pod-level limit hit while every container was
 ///    under its own";
 /// 3. page cache + tmpfs ≥ 50 % of usage → "page cache + tmpfs (shmem) made up N % of usage";
 /// 4. kernel memory ≥ 30 % → "kernel memory (slab, sockets, …) made up N % of usage";
-/// 5. the victim's own anon memory ≥ 50 % of the limit → "anon memory of <comm> filled the
+/// 5. the victim's runtime ceiling against the limit (see [`runtime_rule`]), with a
+///    recommendation;
+/// 6. the victim's own anon memory ≥ 50 % of the limit → "anon memory of <comm> filled the
 ///    <scope> limit";
-/// 6. anon ≥ 50 % → "anon memory of several processes filled the <scope> limit";
-/// 7. otherwise "<scope> limit hit".
-pub fn verdict(ev: &OomKill, x: Option<&Explanation>) -> String {
+/// 7. anon ≥ 50 % → "anon memory of several processes filled the <scope> limit";
+/// 8. otherwise "<scope> limit hit".
+pub fn judge(ev: &OomKill, x: Option<&Explanation>) -> (String, Option<Recommendation>) {
     let comm = ev.victim.comm.as_deref().unwrap_or("the victim");
+    let plain = |v: String| (v, None);
     match ev.oom.constraint.as_deref() {
-        Some("global") => return format!("node out of memory; {comm} was the largest task"),
+        Some("global") => return plain(format!("node out of memory; {comm} was the largest task")),
         Some("memcg") => {}
-        Some(other) => return format!("{other}-constrained OOM"),
-        None => return "OOM of unknown scope".into(),
+        Some(other) => return plain(format!("{other}-constrained OOM")),
+        None => return plain("OOM of unknown scope".into()),
     }
     let level = ev.k8s.as_ref().map(|k| k.cgroup_level.as_str());
-    let oom_is_pod = ev.oom.cgroup.as_deref().and_then(crate::k8s::cgroup_path::parse).is_some_and(|kc| {
-        kc.level == crate::k8s::cgroup_path::Level::Pod
-    });
+    let oom_is_pod = ev
+        .oom
+        .cgroup
+        .as_deref()
+        .and_then(crate::k8s::cgroup_path::parse)
+        .is_some_and(|kc| kc.level == crate::k8s::cgroup_path::Level::Pod);
     if oom_is_pod && matches!(level, Some("container" | "container_child")) {
-        return "pod-level limit hit while every container was under its own".into();
+        return plain("pod-level limit hit while every container was under its own".into());
     }
-    let scope = if ev.k8s.is_some() { if oom_is_pod { "pod" } else { "container" } } else { "cgroup" };
+    let scope = if ev.k8s.is_some() {
+        if oom_is_pod {
+            "pod"
+        } else {
+            "container"
+        }
+    } else {
+        "cgroup"
+    };
     let usage = ev.oom.usage_bytes.or(ev.oom.limit_bytes).unwrap_or(0);
     let stat = x.and_then(|x| x.memory_stat.as_ref());
     if let Some(s) = stat {
         let cache = s.file_bytes.unwrap_or(0);
         // v2's `file` includes shmem; v1's `cache` too.
         if usage > 0 && pct(cache, usage) >= 50 {
-            return format!("page cache + tmpfs (shmem) made up {} % of usage", pct(cache, usage));
+            return plain(format!(
+                "page cache + tmpfs (shmem) made up {} % of usage",
+                pct(cache, usage)
+            ));
         }
         let kernel = s.kernel_bytes.or(s.slab_bytes).unwrap_or(0);
         if usage > 0 && pct(kernel, usage) >= 30 {
-            return format!("kernel memory (slab, sockets, …) made up {} % of usage", pct(kernel, usage));
+            return plain(format!(
+                "kernel memory (slab, sockets, …) made up {} % of usage",
+                pct(kernel, usage)
+            ));
         }
     }
     let victim_anon = ev.victim.rss_anon_bytes.unwrap_or(0);
     if let Some(limit) = ev.oom.limit_bytes {
+        if let Some(r) = runtime_rule(ev, limit, scope) {
+            return (format!("{}: {}", r.reason, r.action), Some(r));
+        }
         if pct(victim_anon, limit) >= 50 {
-            return format!("anon memory of {comm} filled the {scope} limit");
+            return plain(format!("anon memory of {comm} filled the {scope} limit"));
         }
         if let Some(anon) = stat.and_then(|s| s.anon_bytes) {
             if pct(anon, limit) >= 50 {
-                return format!("anon memory of several processes filled the {scope} limit");
+                return plain(format!("anon memory of several processes filled the {scope} limit"));
             }
         }
     }
-    format!("{scope} limit hit")
+    plain(format!("{scope} limit hit"))
+}
+
+/// Rule 5: the victim's runtime and its ceiling against the `limit` it was killed at, when
+/// the victim itself held at least half of it (its RSS at the kill, `rss`):
+/// - a ceiling not below the limit: the runtime grows into the kernel's kill before its own
+///   collector is pressed (→ lower the setting, or raise the limit above the ceiling);
+/// - JVM / Node: memory beyond the heap ceiling (`rss − ceiling`) at least as large as the
+///   heap itself: native memory filled the limit, not the heap (→ no heap setting);
+/// - JVM / Node otherwise: the ceiling leaves `limit − ceiling` for the rest of the process,
+///   which did not fit (→ lower the setting or raise the limit);
+/// - Go under GOMEMLIMIT: live memory outgrew a soft limit; Go without it: the GC paced by
+///   GOGC alone (→ set GOMEMLIMIT below the limit);
+/// - Python: no ceiling to set.
+fn runtime_rule(ev: &OomKill, limit: u64, scope: &str) -> Option<Recommendation> {
+    let rt = ev.victim.runtime.as_ref()?;
+    let rss = ev.victim.rss_bytes()?;
+    if pct(rss, limit) < 50 {
+        return None;
+    }
+    let l = human(Some(limit));
+    let comm = ev.victim.comm.as_deref().unwrap_or("the victim");
+    let rec = |reason: String, action: String, setting: Option<&str>, limit_bytes: Option<u64>| Recommendation {
+        action,
+        reason,
+        setting: setting.map(str::to_string),
+        limit_bytes,
+    };
+    let (what, rest) = match rt.name {
+        RuntimeName::Jvm => ("JVM heap max", "metaspace, threads and native memory"),
+        RuntimeName::Node => ("Node old space max", "V8's young generation, code and native memory"),
+        RuntimeName::Go => ("GOMEMLIMIT", "memory the Go runtime does not manage"),
+        RuntimeName::Python => {
+            return Some(rec(
+                format!("{comm} (Python) filled the {scope} limit {l}, and CPython has no heap ceiling"),
+                "raise the limit or reduce what the program keeps in memory".into(),
+                None,
+                None,
+            ))
+        }
+    };
+    let knob = match &rt.ceiling {
+        Ceiling::Set(k) => k,
+        Ceiling::None if rt.name == RuntimeName::Go => {
+            return Some(rec(
+                format!("{comm} (Go) filled the {scope} limit {l} with no GOMEMLIMIT: its GC is paced by GOGC alone"),
+                format!("set GOMEMLIMIT below the limit {l}, so the GC works harder before the kernel kills"),
+                Some("GOMEMLIMIT"),
+                None,
+            ))
+        }
+        Ceiling::None | Ceiling::Unknown => return None,
+    };
+    let h = rt.heap_max_bytes?;
+    let hh = human(Some(h));
+    if h >= limit {
+        return Some(rec(
+            format!("{what} {hh} ({}) is not below the {scope} limit {l}: the kernel kills before the runtime must collect", rt.setting),
+            format!("lower {} below the limit, leaving room for {rest}, or raise the limit above {hh}", knob.flag),
+            Some(knob.name),
+            Some(h),
+        ));
+    }
+    if rt.name == RuntimeName::Go {
+        return Some(rec(
+            format!("{comm} (Go) held {} past its {what} {hh} ({}), a soft limit, up to the {scope} limit {l}", human(Some(rss)), rt.setting),
+            "raise the limit or shrink what the program keeps alive: the GC cannot free live memory".into(),
+            None,
+            None,
+        ));
+    }
+    let beyond = rss.saturating_sub(h);
+    if beyond >= h {
+        return Some(rec(
+            format!("{comm} held {} with a {what} of {hh} ({}): at least {} beyond the heap, in {rest}", human(Some(rss)), rt.setting, human(Some(beyond))),
+            "find the off-heap memory (direct buffers, thread stacks, native libraries) and cap it, or raise the limit: the heap setting is not what filled it".into(),
+            None,
+            None,
+        ));
+    }
+    let of = if knob.name == "MaxRAMPercentage" { format!(" of {l}") } else { String::new() };
+    let value = if knob.value.is_empty() { String::new() } else { format!(" below {}", knob.value) };
+    Some(rec(
+        format!("{what} {hh} ({}{of}) leaves {} for {rest}", rt.setting, human(Some(limit - h))),
+        format!("lower {}{value} or raise the limit", knob.flag),
+        Some(knob.name),
+        None,
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn verdict(ev: &OomKill, x: Option<&Explanation>) -> String {
+        judge(ev, x).0
+    }
+
     fn memcg_kill(anon: u64, shmem: u64, limit: u64) -> OomKill {
-        crate::event::test_kill(serde_json::json!({
+        crate::model::test_kill(serde_json::json!({
             "victim": {"pid": 1, "comm": "python3", "rss_anon_bytes": anon, "rss_file_bytes": 0, "rss_shmem_bytes": shmem},
             "oom": {"constraint": "memcg", "cgroup": "/t", "limit_bytes": limit, "usage_bytes": limit}
         }))
@@ -296,19 +451,127 @@ mod tests {
     #[test]
     fn verdicts() {
         let anon = memcg_kill(60 * M, 0, 64 * M);
-        assert_eq!(verdict(&anon, Some(&with_stat(62 * M, 1 * M, None))), "anon memory of python3 filled the cgroup limit");
-        let shm = memcg_kill(1 * M, 60 * M, 64 * M);
-        assert_eq!(verdict(&shm, Some(&with_stat(1 * M, 62 * M, None))), "page cache + tmpfs (shmem) made up 96 % of usage");
+        assert_eq!(
+            verdict(&anon, Some(&with_stat(62 * M, M, None))),
+            "anon memory of python3 filled the cgroup limit"
+        );
+        let shm = memcg_kill(M, 60 * M, 64 * M);
+        assert_eq!(
+            verdict(&shm, Some(&with_stat(M, 62 * M, None))),
+            "page cache + tmpfs (shmem) made up 96 % of usage"
+        );
         let slab = memcg_kill(10 * M, 0, 64 * M);
         assert_eq!(
             verdict(&slab, Some(&with_stat(20 * M, 4 * M, Some(40 * M)))),
             "kernel memory (slab, sockets, …) made up 62 % of usage"
         );
         let many = memcg_kill(10 * M, 0, 64 * M);
-        assert_eq!(verdict(&many, Some(&with_stat(60 * M, 2 * M, None))), "anon memory of several processes filled the cgroup limit");
+        assert_eq!(
+            verdict(&many, Some(&with_stat(60 * M, 2 * M, None))),
+            "anon memory of several processes filled the cgroup limit"
+        );
         let mut global = memcg_kill(10 * M, 0, 64 * M);
         global.oom.constraint = Some("global".into());
-        assert_eq!(verdict(&global, None), "node out of memory; python3 was the largest task");
+        assert_eq!(
+            verdict(&global, None),
+            "node out of memory; python3 was the largest task"
+        );
+    }
+
+    /// A memcg kill of `comm` holding `rss_mib`, under `limit_mib`, whose process was this.
+    fn runtime_kill(comm: &str, rss_mib: u64, limit_mib: u64, argv: &[&str], env: &[(&str, &str)], go: bool) -> OomKill {
+        let mut ev = memcg_kill(rss_mib * M, 0, limit_mib * M);
+        ev.victim.comm = Some(comm.into());
+        let mut e = crate::runtime::Env::default();
+        for (k, v) in env {
+            e.keep(k, Some(v));
+        }
+        let p = crate::runtime::Process { argv: argv.iter().map(|s| s.to_string()).collect(), env: e, go_binary: Some(go) };
+        ev.victim.runtime = crate::runtime::recognise(&p, Some(limit_mib * M), crate::model::RuntimeSource::Procfs);
+        ev
+    }
+
+    #[test]
+    fn a_jvm_heap_that_leaves_too_little_names_its_setting() {
+        let ev = runtime_kill("java", 500, 512, &["java", "-XX:MaxRAMPercentage=90", "-jar", "app.jar"], &[], false);
+        let (v, r) = judge(&ev, None);
+        assert_eq!(
+            v,
+            "JVM heap max 462.0MiB (-XX:MaxRAMPercentage=90 of 512.0MiB) leaves 50.0MiB for metaspace, threads and native memory: lower -XX:MaxRAMPercentage below 90 or raise the limit"
+        );
+        let r = r.unwrap();
+        assert_eq!((r.setting.as_deref(), r.limit_bytes), (Some("MaxRAMPercentage"), None));
+        let ev = runtime_kill("java", 250, 256, &["java", "Main"], &[("JAVA_TOOL_OPTIONS", "-Xmx200m")], false);
+        assert_eq!(
+            verdict(&ev, None),
+            "JVM heap max 200.0MiB (-Xmx200m (JAVA_TOOL_OPTIONS)) leaves 56.0MiB for metaspace, threads and native memory: lower -Xmx below 200m or raise the limit"
+        );
+    }
+
+    #[test]
+    fn a_ceiling_not_below_the_limit_says_so_and_how_far() {
+        let ev = runtime_kill("java", 250, 256, &["java", "-Xmx1g", "Main"], &[], false);
+        let (v, r) = judge(&ev, None);
+        assert_eq!(
+            v,
+            "JVM heap max 1.0GiB (-Xmx1g) is not below the cgroup limit 256.0MiB: the kernel kills before the runtime must collect: lower -Xmx below the limit, leaving room for metaspace, threads and native memory, or raise the limit above 1.0GiB"
+        );
+        assert_eq!(r.unwrap().limit_bytes, Some(1 << 30));
+        let ev = runtime_kill("node", 250, 256, &["node", "--max-old-space-size=512", "a.js"], &[], false);
+        let (v, r) = judge(&ev, None);
+        assert!(v.starts_with("Node old space max 512.0MiB (--max-old-space-size=512) is not below the cgroup limit 256.0MiB"), "{v}");
+        assert!(v.contains("lower --max-old-space-size below the limit"), "{v}");
+        assert_eq!(r.unwrap().setting.as_deref(), Some("max-old-space-size"));
+        let ev = runtime_kill("server", 250, 256, &["/app/server"], &[("GOMEMLIMIT", "1GiB")], true);
+        let (v, r) = judge(&ev, None);
+        assert!(v.starts_with("GOMEMLIMIT 1.0GiB (GOMEMLIMIT=1GiB) is not below the cgroup limit 256.0MiB"), "{v}");
+        let r = r.unwrap();
+        assert_eq!((r.setting.as_deref(), r.limit_bytes), (Some("GOMEMLIMIT"), Some(1 << 30)));
+    }
+
+    #[test]
+    fn native_memory_beyond_the_heap_is_not_blamed_on_the_heap() {
+        let ev = runtime_kill("java", 250, 256, &["java", "-Xmx64m", "Main"], &[], false);
+        let (v, r) = judge(&ev, None);
+        assert_eq!(
+            v,
+            "java held 250.0MiB with a JVM heap max of 64.0MiB (-Xmx64m): at least 186.0MiB beyond the heap, in metaspace, threads and native memory: find the off-heap memory (direct buffers, thread stacks, native libraries) and cap it, or raise the limit: the heap setting is not what filled it"
+        );
+        assert_eq!(r.unwrap().setting, None);
+    }
+
+    #[test]
+    fn go_and_python_without_a_ceiling() {
+        let ev = runtime_kill("server", 250, 256, &["/app/server"], &[], true);
+        let (v, r) = judge(&ev, None);
+        assert_eq!(
+            v,
+            "server (Go) filled the cgroup limit 256.0MiB with no GOMEMLIMIT: its GC is paced by GOGC alone: set GOMEMLIMIT below the limit 256.0MiB, so the GC works harder before the kernel kills"
+        );
+        assert_eq!(r.unwrap().setting.as_deref(), Some("GOMEMLIMIT"));
+        let ev = runtime_kill("server", 250, 256, &["/app/server"], &[("GOMEMLIMIT", "200MiB")], true);
+        assert!(verdict(&ev, None).starts_with("server (Go) held 250.0MiB past its GOMEMLIMIT 200.0MiB (GOMEMLIMIT=200MiB), a soft limit"));
+        let ev = runtime_kill("python3", 60, 64, &["python3", "app.py"], &[], false);
+        let (v, r) = judge(&ev, None);
+        assert_eq!(
+            v,
+            "python3 (Python) filled the cgroup limit 64.0MiB, and CPython has no heap ceiling: raise the limit or reduce what the program keeps in memory"
+        );
+        assert_eq!(r.unwrap().setting, None);
+    }
+
+    #[test]
+    fn a_runtime_that_did_not_fill_the_limit_or_cannot_be_read_leaves_the_other_rules() {
+        // Another process held most of it.
+        let ev = runtime_kill("java", 20, 256, &["java", "-Xmx1g", "Main"], &[], false);
+        assert_eq!(judge(&ev, Some(&with_stat(250 * M, 0, None))), ("anon memory of several processes filled the cgroup limit".into(), None));
+        let ev = runtime_kill("java", 250, 256, &["java", "@/app/jvm.args", "Main"], &[], false);
+        assert_eq!(judge(&ev, None), ("anon memory of java filled the cgroup limit".into(), None));
+        let ev = runtime_kill("node", 250, 256, &["node", "a.js"], &[], false);
+        assert_eq!(judge(&ev, None).1, None, "V8's default is not modelled");
+        // Page cache is the story, whatever the runtime.
+        let ev = runtime_kill("java", 250, 256, &["java", "-Xmx1g", "Main"], &[], false);
+        assert!(judge(&ev, Some(&with_stat(M, 200 * M, None))).0.starts_with("page cache"));
     }
 
     #[test]
@@ -316,23 +579,41 @@ mod tests {
         let mut ev = memcg_kill(10 * M, 0, 64 * M);
         let uid = "0e0b1f4c-5a2d-4d0e-9b1c-1f2e3d4c5b6a";
         ev.oom.cgroup = Some(format!("/kubepods/burstable/pod{uid}"));
-        ev.k8s = Some(crate::k8s::attribution::K8s { cgroup_level: "container".into(), ..Default::default() });
-        assert_eq!(verdict(&ev, None), "pod-level limit hit while every container was under its own");
+        ev.k8s = Some(crate::model::K8s {
+            cgroup_level: "container".into(),
+            ..Default::default()
+        });
+        assert_eq!(
+            verdict(&ev, None),
+            "pod-level limit hit while every container was under its own"
+        );
     }
 
     #[test]
     fn stat_names_are_normalised() {
         let v1 = "cache 100\nrss 5\ntotal_cache 4096\ntotal_rss 8192\ntotal_shmem 1024\ntotal_mapped_file 10\ntotal_dirty 3\ntotal_writeback 0\ntotal_swap 7\n";
         let s = parse_memory_stat(MemoryVersion::V1, v1);
-        assert_eq!((s.anon_bytes, s.file_bytes, s.shmem_bytes, s.swap_bytes), (Some(8192), Some(4096), Some(1024), Some(7)));
+        assert_eq!(
+            (s.anon_bytes, s.file_bytes, s.shmem_bytes, s.swap_bytes),
+            (Some(8192), Some(4096), Some(1024), Some(7))
+        );
         let v2 = "anon 8192\nfile 4096\nkernel 512\nslab 256\nsock 0\nshmem 1024\nfile_mapped 10\nfile_dirty 3\nfile_writeback 0\n";
         let s = parse_memory_stat(MemoryVersion::V2, v2);
-        assert_eq!((s.anon_bytes, s.kernel_bytes, s.slab_bytes, s.sock_bytes), (Some(8192), Some(512), Some(256), Some(0)));
+        assert_eq!(
+            (s.anon_bytes, s.kernel_bytes, s.slab_bytes, s.sock_bytes),
+            (Some(8192), Some(512), Some(256), Some(0))
+        );
     }
 
     #[test]
     fn pressure() {
         let p = parse_pressure("some avg10=1.50 avg60=0.20 avg300=0.00 total=1\nfull avg10=0.75 avg60=0.10 avg300=0.00 total=1\n");
-        assert_eq!(p, Pressure { some_avg10: Some(1.5), full_avg10: Some(0.75) });
+        assert_eq!(
+            p,
+            Pressure {
+                some_avg10: Some(1.5),
+                full_avg10: Some(0.75)
+            }
+        );
     }
 }

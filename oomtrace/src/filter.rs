@@ -7,6 +7,9 @@ pub struct FilterArgs {
     /// Only kills in this namespace.
     #[arg(long, short = 'n')]
     pub namespace: Option<String>,
+    /// Kills in every namespace (the default; kubectl's `-A`).
+    #[arg(long, short = 'A', conflicts_with = "namespace")]
+    pub all_namespaces: bool,
     /// Only kills in pods whose name matches this glob (e.g. 'api-*').
     #[arg(long)]
     pub pod: Option<String>,
@@ -41,7 +44,7 @@ impl Filter {
             && self.pod.as_ref().is_none_or(|p| pod.is_some_and(|name| p.matches(name)))
     }
 
-    pub fn matches_kill(&self, ev: &crate::event::OomKill) -> bool {
+    pub fn matches_kill(&self, ev: &crate::model::OomKill) -> bool {
         let k = ev.k8s.as_ref();
         self.matches(
             k.and_then(|k| k.namespace.as_deref()),
@@ -60,6 +63,7 @@ mod tests {
             namespace: ns.map(Into::into),
             pod: pod.map(Into::into),
             container: c.map(Into::into),
+            ..Default::default()
         })
         .unwrap()
     }

@@ -6,23 +6,13 @@
 //! it, only kills where the victim's memcg ancestry has `memory.oom.group` set can be group
 //! kills; those are held until no further victim of the same trigger and OOM cgroup has arrived
 //! for [`GROUP_QUIET`]. Every other kill is its own incident and is never held.
-use crate::event::OomKill;
-use serde::{Deserialize, Serialize};
+use crate::model::{Incident, OomKill};
 use std::time::{Duration, Instant};
 
 /// How long a group kill may still be adding victims (without an invocation-end record).
 pub const GROUP_QUIET: Duration = Duration::from_millis(20);
 /// Upper bound on waiting for an invocation-end record.
 pub const INVOCATION_TIMEOUT: Duration = Duration::from_millis(250);
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Incident {
-    pub id: String,
-    /// Victims of this incident.
-    pub victims: u32,
-    /// This victim's position (1-based).
-    pub index: u32,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Key {
@@ -118,7 +108,7 @@ mod tests {
     use super::*;
 
     fn victim(pid: u32, invocation: Option<u64>, group: Option<bool>) -> OomKill {
-        let mut ev = crate::event::test_kill(serde_json::json!({
+        let mut ev = crate::model::test_kill(serde_json::json!({
             "time": format!("t{pid}"), "node": "n",
             "victim": {"pid": pid}, "trigger": {"pid": 7}, "oom": {"cgroup": "/g"}
         }));

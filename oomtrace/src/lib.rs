@@ -6,12 +6,18 @@ pub mod daemon;
 pub mod event;
 pub mod explain;
 pub mod filter;
+pub mod heap;
 pub mod incident;
 pub mod k8s;
+pub mod listener;
 pub mod metrics;
+pub mod model;
 pub mod oom_domain;
 pub mod output;
+pub mod pipeline;
 pub mod pressure;
+pub mod record;
+pub mod runtime;
 pub mod tracefs;
 pub mod tracer;
 pub mod watch;
@@ -19,5 +25,5 @@ pub mod watch;
 /// This node's name: `NODE_NAME` (set from the downward API in the DaemonSet), else the
 /// hostname.
 pub fn node_name() -> String {
-    k8s::pod_index::node_name().unwrap_or_else(|| "unknown".into())
+    k8s::client::node_name().unwrap_or_else(|| "unknown".into())
 }

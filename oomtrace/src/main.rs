@@ -1,4 +1,4 @@
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -43,9 +43,29 @@ fn init_logging(verbose: u8, format: LogFormat) {
     }
 }
 
-#[tokio::main]
-async fn main() {
-    let cli = Cli::parse();
+/// The name kubectl's plugin discovery runs the binary under (`kubectl oomtrace …`).
+const KUBECTL_PLUGIN: &str = "kubectl-oomtrace";
+
+/// The command line, with usage and help spelled `kubectl oomtrace` when run as the plugin.
+fn parse_cli() -> Cli {
+    let argv0 = std::env::args_os().next().map(std::path::PathBuf::from);
+    let plugin = argv0.as_deref().and_then(|p| p.file_name()).is_some_and(|n| n == KUBECTL_PLUGIN);
+    let cmd = if plugin { Cli::command().name("kubectl oomtrace").bin_name("kubectl oomtrace") } else { Cli::command() };
+    Cli::from_arg_matches(&cmd.get_matches()).unwrap_or_else(|e| e.exit())
+}
+
+fn main() {
+    // Before the runtime starts its threads, which would each take an arena.
+    oomtrace::heap::limit_arenas();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("starting the tokio runtime")
+        .block_on(run());
+}
+
+async fn run() {
+    let cli = parse_cli();
     init_logging(cli.verbose, cli.log_format);
     let result = match cli.cmd {
         Cmd::Watch(args) => oomtrace::watch::run(args).await,

@@ -4,11 +4,11 @@
 //! (namespace, pod, container) label sets are kept per family; kills beyond that are counted
 //! under `namespace="_other_"` (and the overflow itself is counted), so a node that churns
 //! through thousands of pods cannot grow the scrape without bound.
-use crate::event::OomKill;
+use crate::model::OomKill;
 use prometheus_client::encoding::{text::encode, EncodeLabelSet};
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
 use prometheus_client::registry::Registry;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 
@@ -21,6 +21,14 @@ pub struct KillLabels {
     pub pod: String,
     pub container: String,
     pub constraint: String,
+    /// The pod's controller (`Deployment`/`api`), for alerts by workload rather than pod; a
+    /// function of the pod, so it adds no series.
+    pub owner_kind: String,
+    pub owner_name: String,
+    /// `true` when the victim was the container's PID 1 (the container restarts), `false` for
+    /// any other process (kubelet sees nothing), empty outside containers: at most three per
+    /// workload.
+    pub container_init: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -39,6 +47,14 @@ pub struct PressureLabels {
     pub reason: String,
 }
 
+/// Where a record was lost: `kernel` (ring buffer full), `queue` (the queue behind the ring
+/// reader full, or still queued at the exit deadline), `output` (stdout write failed),
+/// `k8s_event` (Event not published).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    pub stage: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: String,
@@ -49,9 +65,14 @@ struct BuildLabels {
 pub struct Metrics {
     registry: Registry,
     kills: Family<KillLabels, Counter>,
-    lost: Counter,
+    lost: Family<StageLabels, Counter>,
+    warnings_lost: Family<StageLabels, Counter>,
+    invocation_ends_lost: Counter,
+    seen_by_kernel: Counter,
+    emitted: Counter,
+    explain_overruns: Counter,
+    malformed: Counter,
     unresolved: Counter,
-    events_dropped: Counter,
     overflow: Counter,
     last_kill: Gauge<f64, AtomicU64>,
     victim_rss: Family<WorkloadLabels, Gauge>,
@@ -59,13 +80,31 @@ pub struct Metrics {
     build: Family<BuildLabels, Gauge>,
     pressure: Family<PressureLabels, Counter>,
     seen: Mutex<HashSet<WorkloadLabels>>,
-    lost_so_far: Mutex<u64>,
+    /// The running totals already added to each counter fed from totals.
+    totals: Mutex<HashMap<&'static str, u64>>,
+}
+
+/// The running totals the pipeline and the kernel keep, exported as counters.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Totals {
+    pub snapshot: crate::pipeline::Snapshot,
+    /// Kill lines and warning lines whose write to stdout failed.
+    pub output_lost_kills: u64,
+    pub output_lost_warnings: u64,
 }
 
 fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
+}
+
+/// A field of the kill's pod owner; `_other_` when the workload was folded past the bound.
+fn owner(w: &WorkloadLabels, ev: &OomKill, field: fn(&crate::model::OwnerRef) -> &String) -> String {
+    if w.namespace == OTHER {
+        return OTHER.into();
+    }
+    ev.k8s.as_ref().and_then(|k| k.owner.as_ref()).map(|o| field(o).clone()).unwrap_or_default()
 }
 
 impl Default for Metrics {
@@ -78,20 +117,61 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("oomtrace");
         let kills = Family::<KillLabels, Counter>::default();
-        registry.register("oom_kills", "OOM kills seen, by victim workload and constraint", kills.clone());
-        let lost = Counter::default();
-        registry.register("events_lost", "OOM kill events dropped because the ring buffer was full", lost.clone());
+        registry.register(
+            "oom_kills",
+            "OOM kills seen, by victim workload and constraint",
+            kills.clone(),
+        );
+        let lost = Family::<StageLabels, Counter>::default();
+        registry.register(
+            "events_lost",
+            "OOM kill events lost, by the stage that lost them",
+            lost.clone(),
+        );
+        for stage in ["kernel", "queue", "output", "k8s_event"] {
+            lost.get_or_create(&StageLabels { stage }).inc_by(0);
+        }
+        let warnings_lost = Family::<StageLabels, Counter>::default();
+        registry.register(
+            "warnings_lost",
+            "Early warnings lost, by the stage that lost them",
+            warnings_lost.clone(),
+        );
+        let invocation_ends_lost = Counter::default();
+        registry.register(
+            "invocation_ends_lost",
+            "End-of-OOM-invocation records lost (the incident then closes by its timeout; no kill is lost)",
+            invocation_ends_lost.clone(),
+        );
+        let seen_by_kernel = Counter::default();
+        registry.register(
+            "kernel_victims_seen",
+            "OOM victims the kernel programs saw",
+            seen_by_kernel.clone(),
+        );
+        let emitted = Counter::default();
+        registry.register(
+            "events_emitted",
+            "OOM kill events handed to the outputs",
+            emitted.clone(),
+        );
+        let explain_overruns = Counter::default();
+        registry.register(
+            "explain_overruns",
+            "Kills whose explanation (cgroup and task reads) was cut short by its time or size budget",
+            explain_overruns.clone(),
+        );
+        let malformed = Counter::default();
+        registry.register(
+            "malformed_records",
+            "Ring buffer records of unknown kind or too short",
+            malformed.clone(),
+        );
         let unresolved = Counter::default();
         registry.register(
             "k8s_unresolved",
             "Kills in a pod the pod index did not know (reported with the cgroup path's pod UID only)",
             unresolved.clone(),
-        );
-        let events_dropped = Counter::default();
-        registry.register(
-            "k8s_events_dropped",
-            "Kubernetes Events not published (API server unreachable after retries, or queue full)",
-            events_dropped.clone(),
         );
         let overflow = Counter::default();
         registry.register(
@@ -124,13 +204,22 @@ impl Metrics {
             pressure.clone(),
         );
         let build = Family::<BuildLabels, Gauge>::default();
-        registry.register("build_info", "oomtrace version, kernel and attach strategy (1 once attached)", build.clone());
+        registry.register(
+            "build_info",
+            "oomtrace version, kernel and attach strategy (1 once attached)",
+            build.clone(),
+        );
         Self {
             registry,
             kills,
             lost,
+            warnings_lost,
+            invocation_ends_lost,
+            seen_by_kernel,
+            emitted,
+            explain_overruns,
+            malformed,
             unresolved,
-            events_dropped,
             overflow,
             last_kill,
             victim_rss,
@@ -138,7 +227,7 @@ impl Metrics {
             build,
             pressure,
             seen: Mutex::new(HashSet::new()),
-            lost_so_far: Mutex::new(0),
+            totals: Mutex::new(HashMap::new()),
         }
     }
 
@@ -158,8 +247,8 @@ impl Metrics {
         self.workload_of(ev.k8s.as_ref())
     }
 
-    fn workload_of(&self, k: Option<&crate::k8s::attribution::K8s>) -> WorkloadLabels {
-        let get = |f: fn(&crate::k8s::attribution::K8s) -> Option<&String>| {
+    fn workload_of(&self, k: Option<&crate::model::K8s>) -> WorkloadLabels {
+        let get = |f: fn(&crate::model::K8s) -> Option<&String>| {
             k.and_then(f).cloned().unwrap_or_default()
         };
         let labels = WorkloadLabels {
@@ -173,7 +262,11 @@ impl Metrics {
             return labels;
         }
         self.overflow.inc();
-        WorkloadLabels { namespace: OTHER.into(), pod: OTHER.into(), container: OTHER.into() }
+        WorkloadLabels {
+            namespace: OTHER.into(),
+            pod: OTHER.into(),
+            container: OTHER.into(),
+        }
     }
 
     pub fn record(&self, ev: &OomKill) {
@@ -184,6 +277,9 @@ impl Metrics {
                 pod: w.pod.clone(),
                 container: w.container.clone(),
                 constraint: ev.oom.constraint.clone().unwrap_or_else(|| "unknown".into()),
+                owner_kind: owner(&w, ev, |o| &o.kind),
+                owner_name: owner(&w, ev, |o| &o.name),
+                container_init: ev.victim.container_init.map(|i| i.to_string()).unwrap_or_default(),
             })
             .inc();
         if ev.k8s.as_ref().is_some_and(|k| !k.resolved) {
@@ -195,11 +291,12 @@ impl Metrics {
             .as_secs_f64();
         self.last_kill.set(now);
         let v = &ev.victim;
-        if let (Some(a), Some(f), Some(s)) = (v.rss_anon_bytes, v.rss_file_bytes, v.rss_shmem_bytes) {
-            self.victim_rss.get_or_create(&w).set((a + f + s) as i64);
+        if let Some(rss) = v.rss_bytes()
+        {
+            self.victim_rss.get_or_create(&w).set(i64::try_from(rss).unwrap_or(i64::MAX));
         }
         if let Some(l) = ev.oom.limit_bytes {
-            self.oom_limit.get_or_create(&w).set(l as i64);
+            self.oom_limit.get_or_create(&w).set(i64::try_from(l).unwrap_or(i64::MAX));
         }
     }
 
@@ -215,17 +312,63 @@ impl Metrics {
             .inc();
     }
 
-    /// The kernel's running count of dropped events.
-    pub fn set_lost(&self, total: u64) {
-        let mut prev = self.lost_so_far.lock().expect("metrics lock");
-        if total > *prev {
-            self.lost.inc_by(total - *prev);
-            *prev = total;
+    /// Brings every counter fed from a running total up to `t`.
+    pub fn set_totals(&self, t: &Totals) {
+        let s = &t.snapshot;
+        let lost = |stage| self.lost.get_or_create(&StageLabels { stage }).clone();
+        let warnings = |stage| {
+            self.warnings_lost
+                .get_or_create(&StageLabels { stage })
+                .clone()
+        };
+        let fed: [(&'static str, Counter, u64); 11] = [
+            ("lost_kernel", lost("kernel"), s.kernel.lost),
+            (
+                "lost_queue",
+                lost("queue"),
+                s.queue_lost_kills.saturating_add(s.exit_lost),
+            ),
+            ("lost_output", lost("output"), t.output_lost_kills),
+            (
+                "warnings_kernel",
+                warnings("kernel"),
+                s.kernel.pressure_lost,
+            ),
+            ("warnings_queue", warnings("queue"), s.queue_lost_warnings),
+            (
+                "warnings_output",
+                warnings("output"),
+                t.output_lost_warnings,
+            ),
+            (
+                "invocation_ends",
+                self.invocation_ends_lost.clone(),
+                s.queue_lost_invocation_ends,
+            ),
+            ("seen", self.seen_by_kernel.clone(), s.kernel.seen),
+            ("emitted", self.emitted.clone(), s.emitted),
+            (
+                "overruns",
+                self.explain_overruns.clone(),
+                s.explain_overruns,
+            ),
+            ("malformed", self.malformed.clone(), s.malformed),
+        ];
+        let mut done = self.totals.lock().expect("metrics lock");
+        for (key, counter, total) in fed {
+            let prev = done.entry(key).or_insert(0);
+            if total > *prev {
+                counter.inc_by(total - *prev);
+                *prev = total;
+            }
         }
     }
 
-    pub fn event_dropped(&self) {
-        self.events_dropped.inc();
+    /// `n` Kubernetes Events not published.
+    pub fn event_dropped(&self, n: u64) {
+        self.lost
+            .get_or_create(&StageLabels { stage: "k8s_event" })
+            .inc_by(n);
     }
 
     pub fn encode(&self) -> String {

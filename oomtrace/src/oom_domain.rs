@@ -6,7 +6,7 @@
 //! counter (`memory_events_local[MEMCG_OOM]`, bumped by `mem_cgroup_oom()` on the memcg whose
 //! limit was hit) moved since we last looked. No such ancestor means the node ran out of memory.
 use crate::cgroup_fs::{self, CgroupfsMemory, Hierarchies};
-use crate::event::memcg_path;
+use crate::record::memcg_path;
 use oomtrace_common::{MemcgLevel, OomContext, AT_LIMIT_SLACK_PAGES, UNLIMITED_PAGES};
 use std::collections::HashMap;
 
@@ -35,6 +35,7 @@ pub enum Domain {
 pub struct DomainTracker {
     last_oom_events: HashMap<u64, u64>,
     hierarchies: Option<Hierarchies>,
+    page_size: u64,
 }
 
 /// A page count that is a real limit (not "max").
@@ -54,7 +55,7 @@ pub fn constraint_name(c: u32) -> &'static str {
 
 impl DomainTracker {
     pub fn new(hierarchies: Option<Hierarchies>) -> Self {
-        Self { last_oom_events: HashMap::new(), hierarchies }
+        Self { last_oom_events: HashMap::new(), hierarchies, page_size: crate::cgroup_fs::page_size() }
     }
 
     pub fn resolve(
@@ -73,7 +74,7 @@ impl DomainTracker {
                 None => Domain::Global { source: "kernel:memcg" },
             };
         }
-        self.from_cgroupfs(victim_memcg_path)
+        self.by_cgroupfs(victim_memcg_path)
     }
 
     /// Finds the OOM memcg among `levels` and remembers every level's OOM counter.
@@ -89,7 +90,7 @@ impl DomainTracker {
                 None => l.oom_events_local > 0,
             };
             let at_limit = finite(l.max_pages).is_some_and(|max| {
-                l.usage_pages != u64::MAX && l.usage_pages + AT_LIMIT_SLACK_PAGES >= max
+                l.usage_pages != u64::MAX && l.usage_pages.saturating_add(AT_LIMIT_SLACK_PAGES) >= max
             });
             if found.is_none() && moved && at_limit {
                 found = Some(i);
@@ -108,7 +109,7 @@ impl DomainTracker {
 
     /// Without the kernel's view: walk up from the victim's memory cgroup in cgroupfs and take
     /// the deepest ancestor that is at its limit.
-    fn from_cgroupfs(&self, victim_memcg_path: Option<&str>) -> Domain {
+    fn by_cgroupfs(&self, victim_memcg_path: Option<&str>) -> Domain {
         let (Some(h), Some(path)) = (&self.hierarchies, victim_memcg_path) else {
             return Domain::Unknown;
         };
@@ -117,9 +118,9 @@ impl DomainTracker {
         while !cur.is_empty() && cur != "/" {
             if let Some(dir) = h.memory_dir(&cur) {
                 if let Ok(mem) = cgroup_fs::read_memory(version, &dir) {
-                    let slack = AT_LIMIT_SLACK_PAGES * 4096;
+                    let slack = AT_LIMIT_SLACK_PAGES.saturating_mul(self.page_size);
                     if let (Some(limit), Some(usage)) = (mem.limit_bytes, mem.usage_bytes) {
-                        if usage + slack >= limit {
+                        if usage.saturating_add(slack) >= limit {
                             return Domain::Cgroupfs { path: cur, mem };
                         }
                     }
@@ -149,7 +150,7 @@ fn from_context(levels: &[MemcgLevel], ctx: &OomContext) -> Domain {
     let path = match levels.iter().position(|l| l.id == ctx.memcg_id) {
         Some(i) => memcg_path(levels, i),
         // Not an ancestor we captured: at least name it.
-        None => format!(".../{}", crate::event::cstr(&ctx.memcg_name)),
+        None => format!(".../{}", crate::record::cstr(&ctx.memcg_name)),
     };
     Domain::Context {
         constraint: constraint_name(ctx.constraint),

@@ -1,12 +1,80 @@
 //! How `oomtrace watch` prints kills: a table for people, JSON lines for programs.
-use crate::event::OomKill;
+use crate::model::OomKill;
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// At most one log line per this period about failed writes (a full disk fails every one).
+const ERROR_LOG_PERIOD: Duration = Duration::from_secs(10);
+
+/// Writes that failed (EPIPE, ENOSPC, …): counted, logged at most once per period, and never
+/// the end of the stream.
+#[derive(Debug, Default, Clone)]
+pub struct OutputErrors {
+    /// Every failed write so far (shared with the metrics).
+    pub total: Arc<AtomicU64>,
+    logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl OutputErrors {
+    pub fn failed(&mut self, e: &std::io::Error) {
+        self.total.fetch_add(1, Relaxed);
+        self.unlogged += 1;
+        if self.logged.is_none_or(|t| t.elapsed() >= ERROR_LOG_PERIOD) {
+            tracing::warn!(
+                "{} writes to stdout failed (last: {e}); those records are lost",
+                self.unlogged
+            );
+            self.logged = Some(Instant::now());
+            self.unlogged = 0;
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     Table,
     Wide,
     Json,
+}
+
+/// Whether `c` must not reach a terminal raw: C0 controls (but the line's own newline), DEL
+/// and C1 controls. A process or cgroup can name itself with an escape sequence.
+fn unsafe_for_terminals(c: char) -> bool {
+    c.is_control() && c != '\n'
+}
+
+/// `s` with every control character written as a `\xNN` escape.
+pub fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(unsafe_for_terminals) {
+        return s.into();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if unsafe_for_terminals(c) {
+            out.push_str(&format!("\\x{:02x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
+}
+
+/// A writer of human-readable text: whatever goes through it has its control characters
+/// escaped ([`escape_controls`]). Formatting hands it whole `str` pieces, never half a char.
+pub struct SafeText<W>(pub W);
+
+impl<W: Write> Write for SafeText<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write_all(escape_controls(&String::from_utf8_lossy(buf)).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
 }
 
 /// 1.5GiB-style sizes; `-` for unknown.
@@ -26,19 +94,20 @@ pub fn human(bytes: Option<u64>) -> String {
     }
 }
 
-fn rss(ev: &OomKill) -> Option<u64> {
-    let v = &ev.victim;
-    Some(v.rss_anon_bytes? + v.rss_file_bytes? + v.rss_shmem_bytes?)
-}
-
 fn or_dash<T: ToString>(v: &Option<T>) -> String {
-    v.as_ref().map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+    v.as_ref()
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| "-".into())
 }
 
 /// Local wall-clock time of day from the event's RFC 3339 time.
 fn clock(ev: &OomKill) -> String {
     chrono::DateTime::parse_from_rfc3339(&ev.time)
-        .map(|t| t.with_timezone(&chrono::Local).format("%H:%M:%S%.3f").to_string())
+        .map(|t| {
+            t.with_timezone(&chrono::Local)
+                .format("%H:%M:%S%.3f")
+                .to_string()
+        })
         .unwrap_or_else(|_| ev.time.clone())
 }
 
@@ -53,7 +122,13 @@ fn where_(ev: &OomKill) -> String {
             return format!("pod {uid} (unresolved)");
         }
     }
-    ev.cgroup.memory.path.as_deref().or(ev.cgroup.path.as_deref()).unwrap_or("-").to_string()
+    ev.cgroup
+        .memory
+        .path
+        .as_deref()
+        .or(ev.cgroup.path.as_deref())
+        .unwrap_or("-")
+        .to_string()
 }
 
 pub struct Printer<W: Write> {
@@ -64,7 +139,11 @@ pub struct Printer<W: Write> {
 
 impl<W: Write> Printer<W> {
     pub fn new(out: W, format: Format) -> Self {
-        Self { out, format, header_done: false }
+        Self {
+            out,
+            format,
+            header_done: false,
+        }
     }
 
     /// Prints one kill and flushes, so a pipe sees it at once.
@@ -74,7 +153,7 @@ impl<W: Write> Printer<W> {
                 serde_json::to_writer(&mut self.out, ev)?;
                 writeln!(self.out)?;
             }
-            Format::Table | Format::Wide => self.row(ev)?,
+            Format::Table | Format::Wide => row(&mut SafeText(&mut self.out), ev, self.format, &mut self.header_done)?,
         }
         self.out.flush()
     }
@@ -96,9 +175,13 @@ impl<W: Write> Printer<W> {
                     ),
                     _ => p.cgroup.clone(),
                 };
-                let limit = if p.reason == "high" { p.high_bytes } else { p.limit_bytes };
+                let limit = if p.reason == "high" {
+                    p.high_bytes
+                } else {
+                    p.limit_bytes
+                };
                 writeln!(
-                    self.out,
+                    SafeText(&mut self.out),
                     "WARNING {who}: reclaiming at memory.{} ({} of {}), reclaimed {}{}, charging task {} ({}){}",
                     p.reason,
                     human(p.usage_bytes),
@@ -114,56 +197,76 @@ impl<W: Write> Printer<W> {
         self.out.flush()
     }
 
-    fn row(&mut self, ev: &OomKill) -> std::io::Result<()> {
-        let wide = self.format == Format::Wide;
-        if !self.header_done {
-            self.header_done = true;
-            write!(
-                self.out,
-                "{:<12} {:>8} {:<16} {:>9} {:<10} {:>9} {:>9} {:<40} {}",
-                "TIME", "PID", "COMM", "RSS", "CONSTRAINT", "LIMIT", "USAGE", "POD/CGROUP", "WHY"
-            )?;
-            if wide {
-                write!(self.out, "  {:>9} {:>9} {:>9} {:<24} OOM-CGROUP", "ANON", "FILE", "SHMEM", "TRIGGER")?;
-            }
-            writeln!(self.out)?;
-        }
-        let cgroup = where_(ev);
+}
+
+/// One table row (and the header before the first), to a text writer.
+fn row(out: &mut impl Write, ev: &OomKill, format: Format, header_done: &mut bool) -> std::io::Result<()> {
+    let wide = format == Format::Wide;
+    if !*header_done {
+        *header_done = true;
         write!(
-            self.out,
-            "{:<12} {:>8} {:<16} {:>9} {:<10} {:>9} {:>9} {:<40} {}",
-            clock(ev),
-            or_dash(&ev.victim.pid),
-            ev.victim.comm.as_deref().unwrap_or("-"),
-            human(rss(ev)),
-            ev.oom.constraint.as_deref().unwrap_or("-"),
-            human(ev.oom.limit_bytes),
-            human(ev.oom.usage_bytes),
-            cgroup,
-            ev.verdict.as_deref().unwrap_or("-")
+            out,
+            "{:<12} {:>8} {:<16} {:>9} {:<10} {:>9} {:>9} {:<40} WHY",
+            "TIME", "PID", "COMM", "RSS", "CONSTRAINT", "LIMIT", "USAGE", "POD/CGROUP"
         )?;
         if wide {
-            let trigger = format!("{}/{}", or_dash(&ev.trigger.pid), ev.trigger.comm.as_deref().unwrap_or("-"));
             write!(
-                self.out,
-                "  {:>9} {:>9} {:>9} {:<24} {}",
-                human(ev.victim.rss_anon_bytes),
-                human(ev.victim.rss_file_bytes),
-                human(ev.victim.rss_shmem_bytes),
-                trigger,
-                ev.oom.cgroup.as_deref().unwrap_or("-")
+                out,
+                "  {:>9} {:>9} {:>9} {:<24} OOM-CGROUP",
+                "ANON", "FILE", "SHMEM", "TRIGGER"
             )?;
         }
-        if let Some(lost) = ev.lost_events {
-            write!(self.out, "  ({lost} earlier kills lost: ring buffer full)")?;
-        }
-        writeln!(self.out)
+        writeln!(out)?;
     }
+    let cgroup = where_(ev);
+    write!(
+        out,
+        "{:<12} {:>8} {:<16} {:>9} {:<10} {:>9} {:>9} {:<40} {}",
+        clock(ev),
+        or_dash(&ev.victim.pid),
+        ev.victim.comm.as_deref().unwrap_or("-"),
+        human(ev.victim.rss_bytes()),
+        ev.oom.constraint.as_deref().unwrap_or("-"),
+        human(ev.oom.limit_bytes),
+        human(ev.oom.usage_bytes),
+        cgroup,
+        ev.verdict.as_deref().unwrap_or("-")
+    )?;
+    if wide {
+        let trigger = format!(
+            "{}/{}",
+            or_dash(&ev.trigger.pid),
+            ev.trigger.comm.as_deref().unwrap_or("-")
+        );
+        write!(
+            out,
+            "  {:>9} {:>9} {:>9} {:<24} {}",
+            human(ev.victim.rss_anon_bytes),
+            human(ev.victim.rss_file_bytes),
+            human(ev.victim.rss_shmem_bytes),
+            trigger,
+            ev.oom.cgroup.as_deref().unwrap_or("-")
+        )?;
+    }
+    if let Some(lost) = ev.lost_events {
+        write!(out, "  ({lost} earlier kills lost: ring buffer full)")?;
+    }
+    writeln!(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escape_controls("python3"), "python3");
+        assert_eq!(escape_controls("\x1b[31mRED\x1b[0m"), "\\x1b[31mRED\\x1b[0m");
+        assert_eq!(escape_controls("a\x7fb\u{9b}c\td\n"), "a\\x7fb\\x9bc\\x09d\n");
+        let mut out = Vec::new();
+        write!(SafeText(&mut out), "{:<6}|{}", "\x07", 1).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "\\x07     |1");
+    }
 
     #[test]
     fn sizes() {

@@ -1,7 +1,7 @@
 //! Early warnings: a memory cgroup reclaiming at its `memory.max` (or above `memory.high`)
 //! before anything is killed. The kernel reports at most one per cgroup per second and counts
 //! the passes it did not report (`suppressed`).
-use crate::event::{boot_ns_to_rfc3339, cstr, memcg_path};
+use crate::record::{boot_ns_to_rfc3339, cstr, memcg_path};
 use oomtrace_common::{PressureEvent, MAX_CGROUP_DEPTH};
 use serde::{Deserialize, Serialize};
 
@@ -30,7 +30,7 @@ pub struct MemoryPressure {
     /// The task whose charge had to reclaim.
     pub task: Task,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub k8s: Option<crate::k8s::attribution::K8s>,
+    pub k8s: Option<crate::model::K8s>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

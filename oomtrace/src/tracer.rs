@@ -6,7 +6,7 @@
 //! ancestry then tells which limit was hit). Every choice is probed at run time, never guessed
 //! from the kernel version, and a program that fails to attach leaves nothing behind.
 use crate::btf_offsets::{KernelBtf, VMLINUX_BTF};
-use crate::event::{record_from_bytes, Record};
+use crate::record::{record_from_bytes, Record};
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
@@ -14,7 +14,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 use oomtrace_common::{counter, TracepointLayout};
-use tokio::io::unix::AsyncFd;
+use tokio::io::unix::{AsyncFd, AsyncFdReadyMutGuard};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum VictimHook {
@@ -66,19 +66,41 @@ pub struct Counters {
     pub read_errors: u64,
     pub oom_invocations: u64,
     pub pressure_lost: u64,
+    pub invocation_end_lost: u64,
+}
+
+/// The programs' per-CPU counters, read on their own schedule (not the ring reader's).
+pub struct KernelCounters(PerCpuArray<MapData, u64>);
+
+impl KernelCounters {
+    pub fn read(&self) -> Result<Counters> {
+        let sum = |i: u32| -> Result<u64> { Ok(self.0.get(&i, 0)?.iter().copied().sum()) };
+        Ok(Counters {
+            seen: sum(counter::SEEN)?,
+            lost: sum(counter::LOST)?,
+            read_errors: sum(counter::READ_ERRORS)?,
+            oom_invocations: sum(counter::OOM_INVOCATIONS)?,
+            pressure_lost: sum(counter::PRESSURE_LOST)?,
+            invocation_end_lost: sum(counter::INVOCATION_END_LOST)?,
+        })
+    }
 }
 
 pub struct Tracer {
     ring: AsyncFd<RingBuf<MapData>>,
-    counters: PerCpuArray<MapData, u64>,
+    /// Early warnings, apart from the kills so that a flood of them never costs a kill.
+    warnings: AsyncFd<RingBuf<MapData>>,
     /// Human-readable description of the hooks in use.
     pub strategy: String,
     /// Records of unknown kind or too short to decode (a program/daemon mismatch; counted,
     /// never silent).
     pub malformed: u64,
     // Keeps the programs loaded and attached; dropping the tracer detaches everything.
-    _ebpf: Ebpf,
+    ebpf: Option<Ebpf>,
 }
+
+/// Size of the warnings' ring: they are rate-limited per cgroup, so this holds plenty.
+const WARNINGS_RING_BYTES: u32 = 256 << 10;
 
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/oomtrace"));
 
@@ -114,7 +136,10 @@ pub fn check_privileges() -> Result<()> {
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK. Returns why raising it failed, to
 /// explain a later EPERM (newer kernels do not need it, so the failure alone is no error).
 fn raise_memlock() -> Option<String> {
-    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: valid pointer to a rlimit.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
         let e = std::io::Error::last_os_error();
@@ -126,17 +151,73 @@ fn raise_memlock() -> Option<String> {
     None
 }
 
+/// Whether `e` is the kernel (or a seccomp filter) refusing a syscall with `errno`.
+fn is_errno(e: &anyhow::Error, errno: i32) -> bool {
+    let text = format!("(os error {errno})");
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| io.raw_os_error() == Some(errno))
+            || c.to_string().ends_with(&text)
+    })
+}
+
+fn is_eperm(e: &anyhow::Error) -> bool {
+    is_errno(e, libc::EPERM)
+}
+
+/// Why perf_event_open() (the classic tracepoint) answered EACCES with CAP_PERFMON effective:
+/// `kernel.perf_event_paranoid` 3 is a distribution patch (Debian, Ubuntu), and its older
+/// versions (Debian's 5.10) admit CAP_SYS_ADMIN only.
+fn eacces_hint() -> Option<String> {
+    let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid").ok()?;
+    let level: i32 = paranoid.trim().parse().ok()?;
+    (level > 2).then(|| {
+        format!(
+            "kernel.perf_event_paranoid is {level}: this kernel's perf restriction (a distribution \
+             patch) admits only CAP_SYS_ADMIN, not CAP_PERFMON, to the classic tracepoint; set \
+             kernel.perf_event_paranoid=2 on the node (deploy/README.md)"
+        )
+    })
+}
+
+/// `(major, minor)` of the running kernel.
+fn kernel_version() -> Option<(u32, u32)> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let mut parts = release.trim().split(['.', '-']);
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// Why bpf() answered EPERM after the capability check passed: the memlock rlimit on kernels
+/// before 5.11 (when it could not be raised), else a seccomp profile that lets bpf() and
+/// perf_event_open() through only with CAP_SYS_ADMIN, as older container runtimes' defaults do.
+fn eperm_hint(memlock: Option<String>) -> String {
+    match (memlock, kernel_version()) {
+        (Some(hint), Some(v)) if v < (5, 11) => hint,
+        (Some(hint), None) => hint,
+        _ => "bpf() was refused although CAP_BPF and CAP_PERFMON are effective: a seccomp profile \
+              blocks it, as the default ones of containerd before 1.6.9 and of CRI-O/podman with \
+              containers-common before 0.60 do without CAP_SYS_ADMIN; upgrade the runtime or use a \
+              Localhost seccomp profile that allows bpf and perf_event_open (deploy/README.md)"
+            .into(),
+    }
+}
+
 impl Tracer {
-    pub fn start(opts: &Options) -> Result<Self> {
+    pub fn start(opts: &Options) -> Result<(Self, KernelCounters)> {
         check_privileges()?;
         let memlock = raise_memlock();
         if !opts.ring_buffer_bytes.is_power_of_two() || opts.ring_buffer_bytes < 4096 {
-            bail!("ring buffer size must be a power of two of at least 4096 bytes, got {}", opts.ring_buffer_bytes);
+            bail!(
+                "ring buffer size must be a power of two of at least 4096 bytes, got {}",
+                opts.ring_buffer_bytes
+            );
         }
+        // Two BTF parsers (btf-rs for member offsets, aya for loading) each hold a parse of the
+        // multi-megabyte kernel BTF: take what the first one answers and free it before the
+        // second parses, so start-up peaks at one parse, not two.
         let kbtf = KernelBtf::open(&opts.btf)?;
-        let btf = Btf::parse_file(&opts.btf, aya::Endianness::default())
-            .with_context(|| format!("parsing kernel BTF {}", opts.btf.display()))?;
         let resolved = kbtf.resolve();
+        let mark_victim_has_task = kbtf.mark_victim_has_task();
+        drop(kbtf);
         if !resolved.missing.is_empty() {
             tracing::warn!(
                 "this kernel lacks {} (those fields will be null): {}",
@@ -148,20 +229,32 @@ impl Tracer {
         let use_btf = match opts.victim_hook {
             VictimHook::TpBtf => true,
             VictimHook::Tracepoint => false,
-            VictimHook::Auto => kbtf.mark_victim_has_task(),
+            VictimHook::Auto => mark_victim_has_task,
         };
+        let btf = Btf::parse_file(&opts.btf, aya::Endianness::default())
+            .with_context(|| format!("parsing kernel BTF {}", opts.btf.display()))?;
         let first = if use_btf { VictimHook::TpBtf } else { VictimHook::Tracepoint };
         let loaded = match Self::load(opts, &btf, &resolved.offsets, first) {
             Ok(t) => Ok(t),
+            // Refused bpf() fails every hook alike: falling back would only hide why.
+            Err(e) if is_eperm(&e) => Err(e),
             Err(e) if opts.victim_hook == VictimHook::Auto && first == VictimHook::TpBtf => {
-                tracing::warn!("tp_btf/mark_victim unavailable ({e:#}); using the classic tracepoint");
+                tracing::warn!(
+                    "tp_btf/mark_victim unavailable ({e:#}); using the classic tracepoint"
+                );
                 Self::load(opts, &btf, &resolved.offsets, VictimHook::Tracepoint)
             }
             Err(e) => Err(e),
         };
-        match (loaded, memlock) {
-            (Err(e), Some(hint)) => Err(e.context(hint)),
-            (r, _) => r,
+        drop(btf);
+        crate::heap::release_freed();
+        match loaded {
+            Err(e) if is_eperm(&e) => Err(e.context(eperm_hint(memlock))),
+            Err(e) if is_errno(&e, libc::EACCES) => match eacces_hint() {
+                Some(hint) => Err(e.context(hint)),
+                None => Err(e),
+            },
+            r => r,
         }
     }
 
@@ -170,7 +263,7 @@ impl Tracer {
         btf: &Btf,
         offsets: &oomtrace_common::KernelOffsets,
         victim: VictimHook,
-    ) -> Result<Self> {
+    ) -> Result<(Self, KernelCounters)> {
         let layout = match victim {
             VictimHook::Tracepoint => {
                 crate::tracefs::mark_victim_layout(&crate::tracefs::ensure_mounted()?)?
@@ -182,6 +275,7 @@ impl Tracer {
             .override_global("OFFSETS", offsets, true)
             .override_global("TP_LAYOUT", &layout, true)
             .map_max_entries("EVENTS", opts.ring_buffer_bytes)
+            .map_max_entries("WARNINGS", WARNINGS_RING_BYTES)
             .load(PROGRAMS)
             .context("loading the eBPF object")?;
         if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf).map(spawn_logger) {
@@ -193,12 +287,14 @@ impl Tracer {
             VictimHook::Tracepoint => {
                 let p: &mut TracePoint = program(&mut ebpf, "mark_victim_tp")?;
                 p.load().map_err(verifier("mark_victim_tp"))?;
-                p.attach("oom", "mark_victim").context("attaching tracepoint oom:mark_victim")?;
+                p.attach("oom", "mark_victim")
+                    .context("attaching tracepoint oom:mark_victim")?;
                 parts.push("tracepoint mark_victim");
             }
             _ => {
                 let p: &mut BtfTracePoint = program(&mut ebpf, "mark_victim_btf")?;
-                p.load("mark_victim", btf).map_err(verifier("mark_victim_btf"))?;
+                p.load("mark_victim", btf)
+                    .map_err(verifier("mark_victim_btf"))?;
                 p.attach().context("attaching tp_btf/mark_victim")?;
                 parts.push("tp_btf mark_victim");
             }
@@ -212,56 +308,68 @@ impl Tracer {
         }
 
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map")?)?;
+        let warnings = RingBuf::try_from(ebpf.take_map("WARNINGS").context("WARNINGS map")?)?;
         let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map")?)?;
-        Ok(Self {
-            // SAFETY: the ring buffer owns its fd for as long as the AsyncFd owns the ring.
+        let tracer = Self {
+            // SAFETY: each ring buffer owns its fd for as long as its AsyncFd owns the ring.
             ring: unsafe { AsyncFd::register(ring)? },
-            counters,
+            warnings: unsafe { AsyncFd::register(warnings)? },
             strategy: parts.join(" + "),
             malformed: 0,
-            _ebpf: ebpf,
-        })
+            ebpf: Some(ebpf),
+        };
+        Ok((tracer, KernelCounters(counters)))
     }
 
-    /// Waits for records and appends every one available. Drains fully, clears readiness,
-    /// then drains again so a record that arrived in between is not left waiting.
+    /// Waits for records on either ring and appends every one available.
     pub async fn next_batch(&mut self, out: &mut Vec<Record>) -> Result<()> {
-        let mut guard = self.ring.readable_mut().await?;
-        let mut malformed = 0;
-        let mut drain = |rb: &mut RingBuf<MapData>| {
-            while let Some(item) = rb.next() {
-                match record_from_bytes(&item) {
-                    Some(ev) => out.push(ev),
-                    None => malformed += 1,
-                }
-            }
+        let malformed = tokio::select! {
+            g = self.ring.readable_mut() => drain_ready(g?, out),
+            g = self.warnings.readable_mut() => drain_ready(g?, out),
         };
-        drain(guard.get_inner_mut());
-        guard.clear_ready();
-        drain(guard.get_inner_mut());
         self.malformed += malformed;
         Ok(())
     }
 
-    pub fn counters(&self) -> Result<Counters> {
-        let sum = |i: u32| -> Result<u64> {
-            Ok(self.counters.get(&i, 0)?.iter().copied().sum())
-        };
-        Ok(Counters {
-            seen: sum(counter::SEEN)?,
-            lost: sum(counter::LOST)?,
-            read_errors: sum(counter::READ_ERRORS)?,
-            oom_invocations: sum(counter::OOM_INVOCATIONS)?,
-            pressure_lost: sum(counter::PRESSURE_LOST)?,
-        })
+    /// Appends every record in the rings now, without waiting (the last read before exit).
+    pub fn drain_now(&mut self, out: &mut Vec<Record>) {
+        self.malformed += drain(self.ring.get_mut(), out) + drain(self.warnings.get_mut(), out);
     }
+
+    /// Detaches the programs: nothing more is counted or written to the rings, so what they
+    /// hold now is the last of it.
+    pub fn detach(&mut self) {
+        self.ebpf.take();
+    }
+}
+
+/// Drains a ready ring fully, clears readiness, then drains again so a record that arrived in
+/// between is not left waiting. Returns the malformed count.
+fn drain_ready(mut guard: AsyncFdReadyMutGuard<'_, RingBuf<MapData>>, out: &mut Vec<Record>) -> u64 {
+    let malformed = drain(guard.get_inner_mut(), out);
+    guard.clear_ready();
+    malformed + drain(guard.get_inner_mut(), out)
+}
+
+/// Moves every available record to `out`; returns how many were malformed.
+fn drain(rb: &mut RingBuf<MapData>, out: &mut Vec<Record>) -> u64 {
+    let mut malformed = 0;
+    while let Some(item) = rb.next() {
+        match record_from_bytes(&item) {
+            Some(ev) => out.push(ev),
+            None => malformed += 1,
+        }
+    }
+    malformed
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    let p = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the object"))?;
+    let p = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the object"))?;
     Ok(p.try_into()?)
 }
 
@@ -304,10 +412,12 @@ fn attach_context(ebpf: &mut Ebpf, btf: &Btf, hook: ContextHook) -> Result<&'sta
 fn try_fentry(ebpf: &mut Ebpf, btf: &Btf) -> Result<()> {
     let r = (|| -> Result<()> {
         let p: &mut FEntry = program(ebpf, "oom_kill_process_fentry")?;
-        p.load("oom_kill_process", btf).map_err(verifier("oom_kill_process_fentry"))?;
+        p.load("oom_kill_process", btf)
+            .map_err(verifier("oom_kill_process_fentry"))?;
         p.attach()?;
         let p: &mut FExit = program(ebpf, "oom_kill_process_fexit")?;
-        p.load("oom_kill_process", btf).map_err(verifier("oom_kill_process_fexit"))?;
+        p.load("oom_kill_process", btf)
+            .map_err(verifier("oom_kill_process_fexit"))?;
         p.attach()?;
         Ok(())
     })();
@@ -327,7 +437,10 @@ fn try_kprobe(ebpf: &mut Ebpf) -> Result<()> {
         Ok(())
     })();
     if r.is_err() {
-        unload(ebpf, &["oom_kill_process_kprobe", "oom_kill_process_kretprobe"]);
+        unload(
+            ebpf,
+            &["oom_kill_process_kprobe", "oom_kill_process_kretprobe"],
+        );
     }
     r
 }
@@ -335,7 +448,8 @@ fn try_kprobe(ebpf: &mut Ebpf) -> Result<()> {
 /// The reclaim slow path of memory cgroups (never the charge fast path).
 fn attach_pressure(ebpf: &mut Ebpf, btf: &Btf) -> Result<()> {
     let p: &mut BtfTracePoint = program(ebpf, "memcg_reclaim_end")?;
-    p.load("mm_vmscan_memcg_reclaim_end", btf).map_err(verifier("memcg_reclaim_end"))?;
+    p.load("mm_vmscan_memcg_reclaim_end", btf)
+        .map_err(verifier("memcg_reclaim_end"))?;
     p.attach()?;
     Ok(())
 }
@@ -364,7 +478,9 @@ fn spawn_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
     };
     tokio::spawn(async move {
         loop {
-            let Ok(mut guard) = fd.readable_mut().await else { return };
+            let Ok(mut guard) = fd.readable_mut().await else {
+                return;
+            };
             guard.get_inner_mut().flush();
             guard.clear_ready();
         }

@@ -82,6 +82,8 @@ use k8s_openapi::{
 };
 use serde_json::{json, Map, Value};
 
+mod kubectl;
+
 type Body = BoxBody<Bytes, Infallible>;
 
 /// Fault injection, see [`ApiServer::set_mode`].
@@ -107,6 +109,8 @@ pub struct RequestRecord {
     pub query: String,
     /// The decoded query parameters, in order.
     pub params: Vec<(String, String)>,
+    /// The `Accept` header.
+    pub accept: Option<String>,
     pub at: Instant,
 }
 
@@ -158,6 +162,38 @@ impl RequestRecord {
     /// An Event watch.
     pub fn is_event_watch(&self) -> bool {
         self.method == "GET" && self.is_events() && self.is_watch()
+    }
+
+    /// What RBAC must allow for this request, as `(API group, resource, verb)` (the
+    /// authorizer's view of it); `None` for non-resource URLs (`/version`, discovery).
+    pub fn rbac(&self) -> Option<(String, String, String)> {
+        let segs: Vec<&str> = self.path.trim_matches('/').split('/').collect();
+        let (group, rest) = match segs.as_slice() {
+            ["api", _version, rest @ ..] => ("", rest),
+            ["apis", group, _version, rest @ ..] => (*group, rest),
+            _ => return None,
+        };
+        let rest = match rest {
+            ["namespaces", _ns, rest @ ..] if !rest.is_empty() => rest,
+            r => r,
+        };
+        let (resource, named) = match rest {
+            [resource] => (*resource, false),
+            [resource, _name, ..] => (*resource, true),
+            _ => return None,
+        };
+        let verb = match (self.method.as_str(), named) {
+            ("GET", true) => "get",
+            ("GET", false) if self.is_watch() => "watch",
+            ("GET", false) => "list",
+            ("POST", _) => "create",
+            ("PUT", _) => "update",
+            ("PATCH", _) => "patch",
+            ("DELETE", true) => "delete",
+            ("DELETE", false) => "deletecollection",
+            _ => return None,
+        };
+        Some((group.to_string(), resource.to_string(), verb.to_string()))
     }
 }
 
@@ -892,6 +928,7 @@ async fn handle(shared: Arc<Shared>, req: Request<hyper::body::Incoming>) -> Res
         path: path.clone(),
         query,
         params,
+        accept: req.headers().get("accept").and_then(|a| a.to_str().ok()).map(str::to_string),
         at: Instant::now(),
     };
     let mode = {
@@ -916,6 +953,14 @@ async fn handle(shared: Arc<Shared>, req: Request<hyper::body::Incoming>) -> Res
         EVENTS_V1
     };
     match (&method, segments.as_slice()) {
+        (&Method::GET, ["api"]) => json_response(StatusCode::OK, &kubectl::core_versions()),
+        (&Method::GET, ["apis"]) => json_response(StatusCode::OK, &kubectl::groups()),
+        (&Method::GET, ["api", "v1"]) | (&Method::GET, ["apis", "events.k8s.io", "v1"]) => {
+            match kubectl::resources(events_api) {
+                Some(list) => json_response(StatusCode::OK, &list),
+                None => status_response(404, "NotFound", "no such group version"),
+            }
+        }
         (&Method::GET, ["version"]) => json_response(
             StatusCode::OK,
             &json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-oomtrace-test", "platform": "linux/amd64"}),
@@ -1415,6 +1460,10 @@ async fn collection(
         "items": items,
     });
     drop(st);
+    // `kubectl get events` prints the server's Table (the core v1 view's columns).
+    if coll.resource == Resource::Events && coll.api_version == "v1" && kubectl::wants_table(req.accept.as_deref()) {
+        return json_response(StatusCode::OK, &kubectl::event_table(&list));
+    }
     json_response(StatusCode::OK, &list)
 }
 

@@ -76,6 +76,10 @@ impl TestCgroup {
             let _ = cg.write("memory.swap.max", "0");
         } else {
             let _ = cg.write("memory.swappiness", "0");
+            // Kernels before 5.16 make v1 hierarchies opt-in per cgroup (a parent's limit binds
+            // its children only with use_hierarchy), and kubelet turns it on; later ones have it
+            // always on and refuse the write, which is fine.
+            let _ = cg.write("memory.use_hierarchy", "1");
         }
         Ok(cg)
     }

@@ -14,7 +14,10 @@ pub fn oomtrace_binary() -> std::path::PathBuf {
 pub struct Watch {
     child: Child,
     events: Receiver<Value>,
+    /// Set to make the stdout reader close the pipe after the next line.
+    close_stdout: std::sync::Arc<std::sync::atomic::AtomicBool>,
     stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stderr_thread: Option<std::thread::JoinHandle<()>>,
     /// The strategy line printed once attached.
     pub strategy: String,
 }
@@ -37,10 +40,15 @@ impl Watch {
     }
 
     fn try_start_cmd(sub: &[&str], args: &[&str], env: &[(&str, &str)]) -> Result<Self, String> {
-        let mut child = Command::new(oomtrace_binary())
-            .args(sub)
-            .args(args)
-            .envs(env.iter().copied())
+        let mut cmd = Command::new(oomtrace_binary());
+        cmd.args(sub).args(args).envs(env.iter().copied());
+        Self::try_spawn(cmd)
+    }
+
+    /// Runs `cmd` (oomtrace, or what runs it: a container engine) with its stdout read as JSON
+    /// lines, and waits until it says it is attached; on failure returns its stderr.
+    pub fn try_spawn(mut cmd: Command) -> Result<Self, String> {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -48,8 +56,13 @@ impl Watch {
             .expect("spawn oomtrace");
         let (tx, events) = channel();
         let out = child.stdout.take().expect("stdout");
+        let close_stdout = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let close = close_stdout.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if close.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
                 let v = match serde_json::from_str::<Value>(&line) {
                     Ok(v) => check_schema(v),
                     Err(e) => Err(format!("not JSON ({e}): {line}")),
@@ -65,7 +78,7 @@ impl Watch {
         let (ready_tx, ready) = channel();
         let err = child.stderr.take().expect("stderr");
         let keep = stderr.clone();
-        std::thread::spawn(move || {
+        let stderr_thread = std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
                 if line.starts_with("watching for OOM kills") {
                     let _ = ready_tx.send(line.clone());
@@ -73,7 +86,8 @@ impl Watch {
                 keep.lock().expect("lock").push(line);
             }
         });
-        let mut w = Watch { child, events, stderr, strategy: String::new() };
+        let stderr_thread = Some(stderr_thread);
+        let mut w = Watch { child, events, close_stdout, stderr, stderr_thread, strategy: String::new() };
         match ready.recv_timeout(Duration::from_secs(60)) {
             Ok(line) => {
                 w.strategy = line;
@@ -121,11 +135,37 @@ impl Watch {
         unsafe { libc::kill(self.child.id() as i32, sig) };
     }
 
+    /// Closes oomtrace's stdout once the next line arrives (a log pipeline that went away).
+    pub fn close_stdout(&self) {
+        self.close_stdout.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the oomtrace process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().expect("wait").is_none()
+    }
+
+    /// SIGTERM, waits for the exit, and returns the exit status with every event printed
+    /// and not collected yet (up to the end of the output) and the whole stderr.
+    pub fn stop_and_drain(mut self) -> (std::process::ExitStatus, Vec<Value>, String) {
+        let status = self.terminate();
+        // The readers end at the end of the output, now that the process is gone.
+        let evs = self.events.iter().collect();
+        if let Some(t) = self.stderr_thread.take() {
+            t.join().expect("stderr reader");
+        }
+        (status, evs, self.stderr_text())
+    }
+
     /// SIGTERM, then waits for a clean exit; returns the exit status.
     pub fn stop(mut self) -> std::process::ExitStatus {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
         // SAFETY: plain syscall on our child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(st) = self.child.try_wait().expect("wait") {
                 return st;

@@ -266,8 +266,8 @@ fn note(comm: &str, pid: u32, container: Option<&str>) -> String {
     }
 }
 
-/// An OOMKill Event as the daemon on `node` publishes it (through kube's `Recorder`) for a
-/// kill in container `container` of pod `ns/pod` at `at`.
+/// An OOMKill Event as the daemon on `node` publishes it for a kill in container `container`
+/// of pod `ns/pod` at `at`.
 fn oom_event(node: &str, ns: &str, pod: &str, container: &str, at: Timestamp) -> Event {
     let seq = SEQ.fetch_add(1, Ordering::SeqCst);
     Event {
@@ -277,6 +277,18 @@ fn oom_event(node: &str, ns: &str, pod: &str, container: &str, at: Timestamp) ->
                 "{pod}.{:x}",
                 at.as_nanosecond() as u128 + seq as u128
             )),
+            annotations: Some(
+                [
+                    ("oomtrace.io/container", container),
+                    ("oomtrace.io/pid", "4242"),
+                    ("oomtrace.io/comm", "python3"),
+                    ("oomtrace.io/limit-bytes", "2147483648"),
+                    ("oomtrace.io/usage-bytes", "2147483648"),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ),
             ..Default::default()
         },
         event_time: Some(MicroTime(at)),
@@ -291,6 +303,7 @@ fn oom_event(node: &str, ns: &str, pod: &str, container: &str, at: Timestamp) ->
             namespace: Some(ns.into()),
             name: Some(pod.into()),
             uid: Some(format!("{pod}-uid-{seq}")),
+            field_path: Some(format!("spec.containers{{{container}}}")),
             ..Default::default()
         }),
         note: Some(note("python3", 4242, Some(container))),
@@ -308,6 +321,7 @@ fn node_event(node: &str, at: Timestamp) -> Event {
         ..Default::default()
     });
     e.note = Some(note("stress", 99, None));
+    e.metadata.annotations = None;
     e
 }
 
@@ -385,6 +399,10 @@ fn kills_from_every_node_are_printed_live_and_nothing_else() {
             "namespace": "shop",
             "pod": "api-1",
             "container": "app",
+            "pid": 4242,
+            "comm": "python3",
+            "limit_bytes": 2147483648u64,
+            "usage_bytes": 2147483648u64,
             "count": 1,
             "message": api["note"],
         })
@@ -505,8 +523,9 @@ fn a_repeat_shows_the_row_again_with_its_count() {
     w.expect_done();
 }
 
-/// The daemons publish through kube's `Recorder` (POST, then merge-PATCH with a series for a
-/// repeat): the same path, end to end over HTTP.
+/// Events as kube's `Recorder` publishes them (POST, then merge-PATCH with a series for a
+/// repeat; no annotations): the container comes from kubelet's `fieldPath`, end to end over
+/// HTTP.
 #[test]
 fn events_published_by_the_recorder_are_shown_with_their_series() {
     use kube::runtime::events::{Event as RecorderEvent, EventType, Recorder, Reporter};
@@ -517,7 +536,7 @@ fn events_published_by_the_recorder_are_shown_with_their_series() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let client = oomtrace::k8s::pod_index::client_from_kubeconfig(&c.kubeconfig)
+        let client = oomtrace::k8s::client::client_from_kubeconfig(&c.kubeconfig)
             .await
             .unwrap();
         let recorder = Recorder::new(
@@ -533,6 +552,7 @@ fn events_published_by_the_recorder_are_shown_with_their_series() {
             namespace: Some("payments".into()),
             name: Some("ledger-0".into()),
             uid: Some("ledger-0-uid".into()),
+            field_path: Some("spec.containers{ledger}".into()),
             ..Default::default()
         };
         let event = RecorderEvent {

@@ -30,17 +30,24 @@ fn kill_n(cg: &TestCgroup, n: usize) -> Vec<u32> {
         .collect()
 }
 
-/// BPF links attached to `mark_victim` right now.
-fn mark_victim_links() -> BTreeSet<u64> {
-    let out = std::process::Command::new("bpftool").args(["-j", "link", "list"]).output().expect("bpftool");
-    let links: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(vec![]));
-    links
+/// What is attached to `mark_victim` right now, each by a key of its own: BPF links (tp_btf;
+/// the classic tracepoint on 5.15 and later) and perf-event attachments (the classic tracepoint
+/// on older kernels, which have no perf links).
+fn mark_victim_links() -> BTreeSet<String> {
+    let bpftool = |what: &str| -> Value {
+        let out = std::process::Command::new("bpftool").args(["-j", what, "list"]).output().expect("bpftool");
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(vec![]))
+    };
+    let links = bpftool("link");
+    let perf = bpftool("perf");
+    let links = links.as_array().into_iter().flatten().filter(|l| l["tp_name"] == "mark_victim").filter_map(|l| l["id"].as_u64()).map(|id| format!("link {id}"));
+    let perf = perf
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|l| l["tp_name"] == "mark_victim")
-        .filter_map(|l| l["id"].as_u64())
-        .collect()
+        .filter(|p| p["fd_type"] == "tracepoint" && p["tracepoint"] == "mark_victim")
+        .map(|p| format!("perf pid {} fd {}", p["pid"], p["fd"]));
+    links.chain(perf).collect()
 }
 
 #[test]
@@ -75,15 +82,29 @@ fn ring_buffer_overflow_is_counted_exactly() {
     assert!(w.stderr_text().contains("9 OOM kill events lost so far"), "{}", w.stderr_text());
 }
 
+/// The numbers of a log message, in order (colour escapes skipped).
+fn numbers(text: &str) -> Vec<u64> {
+    let mut plain = String::new();
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            chars.by_ref().find(|c| c.is_ascii_alphabetic());
+        } else {
+            plain.push(c);
+        }
+    }
+    plain.split(|c: char| !c.is_ascii_digit()).filter(|w| !w.is_empty()).map(|w| w.parse().unwrap()).collect()
+}
+
 #[test]
-fn sigterm_during_a_storm_exits_cleanly_and_detaches() {
+fn sigterm_during_a_storm_delivers_or_counts_every_kill_and_detaches() {
     let _g = serial();
     require_root_and_btf();
     let before = mark_victim_links();
     let cg = TestCgroup::new("oomtrace-storm").unwrap();
     cg.set_limit(16 * MIB).unwrap();
-    let w = Watch::start(&[]);
-    let ours: BTreeSet<u64> = mark_victim_links().difference(&before).copied().collect();
+    let w = Watch::start(&["-v"]);
+    let ours: BTreeSet<String> = mark_victim_links().difference(&before).cloned().collect();
     assert_eq!(ours.len(), 1, "one mark_victim link while running");
     let storm = std::thread::spawn({
         let rel = cg.rel.clone();
@@ -92,11 +113,28 @@ fn sigterm_during_a_storm_exits_cleanly_and_detaches() {
             kill_n(&cg, 30)
         }
     });
-    std::thread::sleep(Duration::from_millis(100));
-    let status = w.stop();
+    // In the middle of it: once the kernel has killed the first (under emulation that takes
+    // seconds, so no fixed sleep).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while cg.oom_kills() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the storm killed nothing");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (status, printed, stderr) = w.stop_and_drain();
     assert!(status.success(), "{status:?}");
     storm.join().unwrap();
-    let left: Vec<u64> = mark_victim_links().intersection(&ours).copied().collect();
+    // Every victim the programs saw until they were detached was printed or counted lost.
+    let line = stderr.lines().find(|l| l.contains("stopping: the kernel saw")).unwrap_or_else(|| panic!("{stderr}"));
+    let n = numbers(line.split_once("stopping:").unwrap().1);
+    assert_eq!(n.len(), 5, "{line}");
+    let (seen, emitted, kernel, queue, exit) = (n[0], n[1], n[2], n[3], n[4]);
+    assert!(seen > 0, "{line}");
+    assert_eq!(seen, emitted + kernel + queue + exit, "{line}");
+    let kills = printed.iter().filter(|v| v["schema"] == "oomtrace.oom_kill/v1").count() as u64;
+    assert_eq!(kills, emitted, "{line}");
+    let mine = printed.iter().filter(|v| in_cgroup(cg.rel.clone())(v)).count() as u64;
+    assert!(mine > 0 && mine <= cg.oom_kills(), "{mine} printed of {} kills; {line}", cg.oom_kills());
+    let left: Vec<String> = mark_victim_links().intersection(&ours).cloned().collect();
     assert!(left.is_empty(), "links left attached after exit: {left:?}");
 }
 

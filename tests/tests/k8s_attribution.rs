@@ -1,126 +1,35 @@
 //! Kills in Kubernetes pods name the right pod and container — from kubelet-shaped cgroups,
 //! a real pod list/watch (the test API server), and real OOM kills.
-use oomtrace_tests::apiserver::{container_id, containerd_id, pod, ApiServer};
+use oomtrace_tests::apiserver::{container_id, containerd_id, pod};
 use oomtrace_tests::cgroup::{Hog, TestCgroup};
+use oomtrace_tests::kubelet::{Cluster, Driver, PodCgroups};
 use oomtrace_tests::oomtrace_proc::{in_cgroup, Watch};
 use oomtrace_tests::require_root_and_btf;
 use serde_json::Value;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
 const UID: &str = "5f2b6c1e-8d4a-4e3b-9a7c-2d1e0f9b8a76";
 
-/// kubelet's cgroup layouts under a private root, for either cgroup driver.
-#[derive(Clone, Copy, Debug)]
-enum Driver {
-    /// `<root>/kubepods/burstable/pod<uid>/<container id>`
-    Cgroupfs,
-    /// `<root>/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid_>.slice/
-    /// cri-containerd-<container id>.scope`
-    Systemd,
-}
-
-struct Layout {
-    /// Owns the cgroups: dropping the layout kills what runs in them and removes them.
-    _root: TestCgroup,
-    pod_rel: String,
-    container_rel: String,
-}
-
-impl Layout {
-    fn new(cid: &str, pod_limit: u64, container_limit: u64) -> Self {
-        Self::with_driver(Driver::Cgroupfs, cid, pod_limit, container_limit)
-    }
-
-    fn with_driver(driver: Driver, cid: &str, pod_limit: u64, container_limit: u64) -> Self {
-        let mut root = TestCgroup::new("oomtrace-k8s").unwrap();
-        let names = match driver {
-            Driver::Cgroupfs => ["kubepods".to_string(), "burstable".into(), format!("pod{UID}"), cid.to_string()],
-            Driver::Systemd => [
-                "kubepods.slice".to_string(),
-                "kubepods-burstable.slice".into(),
-                format!("kubepods-burstable-pod{}.slice", UID.replace('-', "_")),
-                format!("cri-containerd-{cid}.scope"),
-            ],
-        };
-        let pod_rel;
-        let container_rel;
-        {
-            let kubepods = root.child(&names[0]).unwrap();
-            let qos = kubepods.child(&names[1]).unwrap();
-            let p = qos.child(&names[2]).unwrap();
-            p.set_limit(pod_limit).unwrap();
-            pod_rel = p.rel.clone();
-            let c = p.child(&names[3]).unwrap();
-            c.set_limit(container_limit).unwrap();
-            container_rel = c.rel.clone();
-        }
-        Layout { _root: root, pod_rel, container_rel }
-    }
-
-    fn container(&self) -> TestCgroup {
-        // A handle on the existing container cgroup (the root owns and removes it).
-        TestCgroup::handle(&self.container_rel).unwrap()
-    }
-}
-
-struct Cluster {
-    api: ApiServer,
-    kubeconfig: std::path::PathBuf,
-    node: String,
-}
-
-impl Cluster {
-    fn new() -> Self {
-        let api = ApiServer::start();
-        let kubeconfig = std::env::temp_dir().join(format!("oomtrace-kubeconfig-{}-{}", std::process::id(), api.port()));
-        api.write_kubeconfig(&kubeconfig).unwrap();
-        Cluster { api, kubeconfig, node: format!("node-e2e-{}", std::process::id()) }
-    }
-
-    fn add_pod(&self, cid_seed: &str) {
-        self.api.add_pod(pod(
-            "shop",
-            "api-7d9f8b6c4-x2x9z",
-            UID,
-            &self.node,
-            "Burstable",
-            &[("app", &containerd_id(cid_seed), Some("64Mi"), Some("32Mi"))],
-            Some(("api", "7d9f8b6c4")),
-        ));
-    }
-
-    fn watch(&self) -> Watch {
-        let w = Watch::start_cmd(
-            &["watch", "-o", "json"],
-            &["--kubeconfig", self.kubeconfig.to_str().unwrap()],
-            &[("NODE_NAME", &self.node)],
-        );
-        w
-    }
-
-    /// Waits until the daemon's pod watch is established (its initial list is done).
-    fn wait_synced(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.api.requests().iter().any(|r| r.is_pod_watch()) {
-            assert!(Instant::now() < deadline, "oomtrace never started watching pods");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.kubeconfig);
-    }
+/// The test's pod, on the test API server.
+fn add_pod(c: &Cluster, cid_seed: &str) {
+    c.api.add_pod(pod(
+        "shop",
+        "api-7d9f8b6c4-x2x9z",
+        UID,
+        &c.node,
+        "Burstable",
+        &[("app", &containerd_id(cid_seed), Some("64Mi"), Some("32Mi"))],
+        Some(("api", "7d9f8b6c4")),
+    ));
 }
 
 /// A pod served by the test API server, its kubelet cgroups, and a watcher that has synced.
 struct Scene {
     cluster: Cluster,
-    layout: Layout,
+    layout: PodCgroups,
     watch: Watch,
     cid: String,
 }
@@ -128,9 +37,9 @@ struct Scene {
 fn scene(seed: &str, driver: Driver, pod_limit: u64, container_limit: u64) -> Scene {
     require_root_and_btf();
     let cluster = Cluster::new();
-    cluster.add_pod(seed);
+    add_pod(&cluster, seed);
     let cid = container_id(seed);
-    let layout = Layout::with_driver(driver, &cid, pod_limit, container_limit);
+    let layout = PodCgroups::new(driver, UID, &cid, pod_limit, container_limit);
     let watch = cluster.watch();
     cluster.wait_synced();
     Scene { cluster, layout, watch, cid }
@@ -217,10 +126,10 @@ fn pod_deleted_just_before_the_kill_is_still_named() {
 fn api_server_down_still_reports_the_kill_with_the_pod_uid() {
     require_root_and_btf();
     let c = Cluster::new();
-    c.add_pod("c4");
+    add_pod(&c, "c4");
     c.api.stop();
     let cid = container_id("c4");
-    let layout = Layout::new(&cid, 256 * MIB, 64 * MIB);
+    let layout = PodCgroups::new(Driver::Cgroupfs, UID, &cid, 256 * MIB, 64 * MIB);
     let w = c.watch();
     let e = kill(&layout.container(), &w, &mut Hog::anon(512).command());
     let k = &e["k8s"];
@@ -251,7 +160,7 @@ fn pod_limit_kill(driver: Driver, seed: &str) {
     assert_eq!(e["oom"]["cgroup"], layout.pod_rel.as_str(), "{e:#}");
     assert_eq!(e["oom"]["limit_bytes"], 64 * MIB);
     assert_eq!(e["cgroup"]["memory"]["path"], layout.container_rel.as_str());
-    assert_names_the_pod(&e, &cid);
+    assert_names_the_pod(&e, cid);
     assert_eq!(e["verdict"], "pod-level limit hit while every container was under its own");
 }
 

@@ -7,7 +7,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use oomtrace::k8s::pod_index::{client_from_kubeconfig, ContainerKind, Owner, PodIndex};
+use oomtrace::k8s::{
+    client::client_from_kubeconfig, owner::Owner, pod_index::PodIndex, pod_record::ContainerKind,
+};
 use oomtrace_tests::apiserver::{container_id, containerd_id, pod, ApiServer, Mode, PodBuilder};
 
 const NODE: &str = "node-1";

@@ -1,52 +1,63 @@
-//! `cargo xtask setup`: what building the eBPF programs needs, installed only when missing.
+//! `cargo xtask setup`: the pinned toolchains (`xtask::pins`), installed only when missing:
+//! - the stable toolchain xtask builds and tests with, with the musl target, clippy, rustfmt;
+//! - the pinned nightly with `rust-src` (aya-build compiles `core` for bpfel-unknown-none);
+//! - `bpf-linker`, built against Debian's `llvm-<N>-dev`.
 //!
-//! - the nightly toolchain with `rust-src` (aya-build compiles `core` for bpfel-unknown-none);
-//! - `bpf-linker`, built against Debian's LLVM 22 (`llvm-22-dev`).
-//!
-//! Every step checks first, so a second run takes well under a second.
-use anyhow::{bail, Context, Result};
+//! The nightly's LLVM major is checked against bpf-linker's before anything is built, so a
+//! mismatch is one sentence with the fix, never a linker error. A second run takes well under
+//! a second.
+use anyhow::{bail, Result};
 use std::process::{Command, Stdio};
+use xtask::pins::{installed_linker, Pins};
+use xtask::sys::{apt_install, status};
 
-const BPF_LINKER_VERSION: &str = "0.13.0";
-const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
-
-pub fn run() -> Result<()> {
-    nightly_with_rust_src()?;
-    bpf_linker()?;
-    Ok(())
+pub fn run() -> Result<Pins> {
+    let pins = Pins::workspace()?;
+    stable(&pins)?;
+    nightly(&pins)?;
+    pins.check_llvm()?;
+    bpf_linker(&pins)?;
+    Ok(pins)
 }
 
-fn quiet(cmd: &mut Command) -> Result<String> {
-    let out = cmd.stderr(Stdio::inherit()).output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!("{cmd:?} failed ({})", out.status);
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-pub fn status(cmd: &mut Command) -> Result<()> {
-    let st = cmd.status().with_context(|| format!("running {cmd:?}"))?;
-    if !st.success() {
-        bail!("{cmd:?} failed ({st})");
-    }
-    Ok(())
-}
-
-fn nightly_with_rust_src() -> Result<()> {
-    let installed = Command::new("rustup")
-        .args(["+nightly", "component", "list", "--installed"])
+/// What rustup lists of a toolchain's `what` (targets, components), or None when the toolchain
+/// is not installed; rustup's complaint about that is not shown, installing it comes next.
+fn installed(what: &str, toolchain: &str) -> Option<String> {
+    let out = Command::new("rustup")
+        .args([what, "list", "--installed", "--toolchain", toolchain])
         .stderr(Stdio::null())
         .output()
-        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).lines().any(|l| l.starts_with("rust-src")))
-        .unwrap_or(false);
-    if installed {
+        .ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The stable toolchain, with the musl target (the image's static binary), clippy and rustfmt.
+fn stable(pins: &Pins) -> Result<()> {
+    let t = &pins.stable;
+    let has_musl = installed("target", t).is_some_and(|s| s.lines().any(|l| l.trim() == xtask::image::TARGET));
+    if has_musl {
         return Ok(());
     }
-    eprintln!("setup: installing the nightly toolchain with rust-src");
+    eprintln!("setup: installing Rust {t} with the {} target", xtask::image::TARGET);
+    status(Command::new("rustup").args(["toolchain", "install", t, "--profile", "minimal"]).args([
+        "--component",
+        "clippy,rustfmt",
+        "--target",
+        xtask::image::TARGET,
+    ]))
+}
+
+fn nightly(pins: &Pins) -> Result<()> {
+    let t = &pins.ebpf_nightly;
+    let has_src = installed("component", t).is_some_and(|s| s.lines().any(|l| l.starts_with("rust-src")));
+    if has_src {
+        return Ok(());
+    }
+    eprintln!("setup: installing {t} with rust-src (the eBPF programs' toolchain)");
     status(Command::new("rustup").args([
         "toolchain",
         "install",
-        "nightly",
+        t,
         "--profile",
         "minimal",
         "--component",
@@ -54,58 +65,46 @@ fn nightly_with_rust_src() -> Result<()> {
     ]))
 }
 
-fn bpf_linker() -> Result<()> {
-    let have = Command::new("bpf-linker")
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
-        .unwrap_or(false);
-    if have {
-        return Ok(());
+fn bpf_linker(pins: &Pins) -> Result<()> {
+    let llvm = pins.llvm;
+    match installed_linker() {
+        Some(l) if l.version == pins.bpf_linker && l.llvm == Some(llvm) => return Ok(()),
+        Some(l) => eprintln!(
+            "setup: bpf-linker {} (LLVM {}) is not the pinned {} on LLVM {llvm}: rebuilding it",
+            l.version,
+            l.llvm.map_or("unknown".into(), |v| v.to_string()),
+            pins.bpf_linker
+        ),
+        None => {}
     }
-    apt_install(&["llvm-22-dev"])?;
-    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (a few minutes, once)");
+    let dev = format!("llvm-{llvm}-dev");
+    apt_install("setup", &[&dev])?;
+    eprintln!(
+        "setup: building bpf-linker {} against LLVM {llvm} (a few minutes, once)",
+        pins.bpf_linker
+    );
     status(
-        Command::new("cargo")
+        xtask::sys::cargo()
             .args([
                 "install",
                 "bpf-linker",
                 "--locked",
+                "--force",
                 "--version",
-                BPF_LINKER_VERSION,
+                &pins.bpf_linker,
+            ])
+            .args([
                 "--no-default-features",
                 "--features",
-                "llvm-22",
+                &format!("llvm-{llvm}"),
             ])
-            .env("LLVM_PREFIX", LLVM_PREFIX),
-    )
-}
-
-/// Installs Debian packages that are not installed yet (`apt-get update` only when needed).
-pub fn apt_install(pkgs: &[&str]) -> Result<()> {
-    let missing: Vec<&str> = pkgs
-        .iter()
-        .copied()
-        .filter(|p| {
-            !quiet(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
-                .map(|s| s.contains("install ok installed"))
-                .unwrap_or(false)
-        })
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
+            .env("LLVM_PREFIX", format!("/usr/lib/llvm-{llvm}")),
+    )?;
+    match installed_linker() {
+        Some(l) if l.version == pins.bpf_linker && l.llvm == Some(llvm) => Ok(()),
+        other => bail!(
+            "bpf-linker was built but PATH finds {other:?}, not {} on LLVM {llvm}: is ~/.cargo/bin first in PATH?",
+            pins.bpf_linker
+        ),
     }
-    eprintln!("setup: apt-get install {}", missing.join(" "));
-    let install = |update: bool| -> Result<()> {
-        if update {
-            status(Command::new("apt-get").args(["update", "-qq"]))?;
-        }
-        status(
-            Command::new("apt-get")
-                .args(["install", "-y", "-qq", "--no-install-recommends"])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )
-    };
-    install(false).or_else(|_| install(true))
 }

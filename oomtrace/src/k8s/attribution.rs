@@ -4,39 +4,15 @@
 //! the pod index adds names, owner and declared resources when it knows the pod (tombstones
 //! included). The event is never held back waiting for Kubernetes: when the index misses, the
 //! event says `k8s.resolved: false` and goes out with what the path gives.
+//!
+//! When procfs could not give the victim's command line at the kill, the container's spec
+//! tells its runtime instead (`victim.runtime.source: pod_spec`).
 use super::cgroup_path::{self, KubeCgroup, Level};
-use super::pod_index::{ContainerInfo, Owner, PodIndex, PodInfo};
-use crate::event::OomKill;
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-pub struct K8s {
-    /// The pod index knew the pod (live or recently deleted).
-    pub resolved: bool,
-    pub namespace: Option<String>,
-    pub pod: Option<String>,
-    pub pod_uid: Option<String>,
-    pub container: Option<String>,
-    pub container_id: Option<String>,
-    /// Container runtime named by the cgroup (`containerd`, `cri-o`, `docker`).
-    pub runtime: Option<String>,
-    pub node: Option<String>,
-    pub qos_class: Option<String>,
-    pub owner: Option<OwnerRef>,
-    /// The container's declared `resources.limits.memory` / `requests.memory`.
-    pub limits_memory_bytes: Option<u64>,
-    pub requests_memory_bytes: Option<u64>,
-    /// Which kubelet cgroup the victim lived in: `container`, `container_child`, `pod`, …
-    pub cgroup_level: String,
-    /// The pod had already been deleted from the API server (answered from a tombstone).
-    pub pod_deleted: bool,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct OwnerRef {
-    pub kind: String,
-    pub name: String,
-}
+use super::owner::Owner;
+use super::pod_index::PodIndex;
+use super::pod_record::{ContainerInfo, PodInfo};
+use crate::model::{OomKill, OwnerRef, RuntimeSource, K8s};
+use crate::runtime::SpecHints;
 
 impl From<Owner> for OwnerRef {
     fn from(o: Owner) -> Self {
@@ -66,26 +42,35 @@ impl Attributor {
             .flatten()
             .find_map(cgroup_path::parse);
         let Some(kc) = parsed else { return };
-        let k = self.resolve(&kc, &ev.node);
+        let (k, hints) = self.resolve(&kc, &ev.node);
         if matches!(kc.level, Level::Container | Level::ContainerChild) {
             // PID 1 of the container's pid namespace: its death restarts the container.
             // Anything else dies silently while the pod keeps running.
             ev.victim.container_init = ev.victim.ns_pid.map(|p| p == 1);
+        }
+        if !ev.victim.cmdline_read {
+            ev.victim.runtime = hints
+                .and_then(|h| crate::runtime::recognise(&h.process(), ev.oom.limit_bytes, RuntimeSource::PodSpec));
         }
         ev.k8s = Some(k);
     }
 
     /// Pod and container of a cgroup path, if it is under kubepods.
     pub fn for_path(&self, path: &str, node: &str) -> Option<K8s> {
-        cgroup_path::parse(path).map(|kc| self.resolve(&kc, node))
+        cgroup_path::parse(path).map(|kc| self.resolve(&kc, node).0)
     }
 
-    fn resolve(&self, kc: &KubeCgroup, node: &str) -> K8s {
+    /// The pod and container of `kc`, with what the container's spec says of its runtime.
+    fn resolve(&self, kc: &KubeCgroup, node: &str) -> (K8s, Option<Box<SpecHints>>) {
         let mut k = from_path(kc);
         k.node = Some(node.to_string());
         let found = self.index.as_ref().and_then(|idx| lookup(idx, kc));
+        let mut hints = None;
         match found {
-            Some((pod, container)) => fill(&mut k, pod, container),
+            Some((pod, mut container)) => {
+                hints = container.as_mut().and_then(|c| c.runtime.take());
+                fill(&mut k, pod, container);
+            }
             None => {
                 if self.index.is_some() {
                     tracing::info!(
@@ -96,7 +81,7 @@ impl Attributor {
                 }
             }
         }
-        k
+        (k, hints)
     }
 }
 
@@ -130,6 +115,7 @@ fn fill(k: &mut K8s, pod: PodInfo, container: Option<ContainerInfo>) {
     k.pod_deleted = pod.deleted;
     if let Some(c) = container {
         k.container = Some(c.name);
+        k.container_kind = Some(c.kind);
         k.limits_memory_bytes = c.limits_memory_bytes;
         k.requests_memory_bytes = c.requests_memory_bytes;
     }

@@ -1,17 +1,22 @@
 //! Kubernetes Events for kills: `OOMKill` Warnings on the victim's Pod (node-wide OOMs on the
-//! Node), readable in `kubectl describe pod`, published through kube's `Recorder`.
+//! Node), readable in `kubectl describe pod`.
 //!
 //! Publishing never blocks the tracer: events go through a bounded queue to a task that
 //! retries with backoff and, when the API server stays unreachable, drops them and counts
-//! the drop. Repeated kills of one container within [`AGGREGATION_WINDOW`] re-publish the
-//! first Event, which the Recorder turns into a series (`count`, `lastObservedTime`) instead
-//! of a new object per kill.
-use crate::event::OomKill;
+//! the drop. Repeated kills of one container within [`AGGREGATION_WINDOW`] of the previous one
+//! become a series on the first Event (`series.count`, `lastObservedTime`) instead of a new
+//! object per kill, as kube's `Recorder` does it; the Recorder itself cannot set annotations,
+//! which carry the kill's numbers for programs (`watch --cluster`) so none parses the note.
 use crate::metrics::Metrics;
+use crate::model::{ContainerKind, OomKill};
 use crate::output::human;
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use std::collections::HashMap;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -19,10 +24,29 @@ use tokio::sync::mpsc;
 pub const REASON: &str = "OOMKill";
 pub const ACTION: &str = "Killed";
 pub const CONTROLLER: &str = "oomtrace";
-/// Shorter than the Recorder's own 6-minute cache, so a re-publish always aggregates.
+/// A kill this soon after the previous one of the same container extends its series (the
+/// Recorder's own window is 6 minutes).
 pub const AGGREGATION_WINDOW: Duration = Duration::from_secs(5 * 60);
 const QUEUE: usize = 1024;
 const ATTEMPTS: u32 = 4;
+/// One publication attempt; an API server that accepts the connection and never answers
+/// must not hold the queue.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Annotations on every Event: the numbers of the kill the note describes (the series' first).
+pub mod annotation {
+    pub const CONTAINER: &str = "oomtrace.io/container";
+    pub const PID: &str = "oomtrace.io/pid";
+    pub const COMM: &str = "oomtrace.io/comm";
+    pub const LIMIT_BYTES: &str = "oomtrace.io/limit-bytes";
+    pub const USAGE_BYTES: &str = "oomtrace.io/usage-bytes";
+    /// `jvm`, `node`, `go` or `python` (`victim.runtime.name`).
+    pub const RUNTIME: &str = "oomtrace.io/runtime";
+    pub const HEAP_MAX_BYTES: &str = "oomtrace.io/heap-max-bytes";
+}
+
+/// The API server's bound on an Event's note, in bytes.
+const NOTE_MAX: usize = 1024;
 
 /// The message an on-call engineer reads in `kubectl describe pod`.
 pub fn note(ev: &OomKill) -> String {
@@ -36,7 +60,7 @@ pub fn note(ev: &OomKill) -> String {
     };
     let rss = match (v.rss_anon_bytes, v.rss_file_bytes, v.rss_shmem_bytes) {
         (Some(a), Some(f), Some(s)) => {
-            format!("rss {} (anon {}, file {}, shmem {})", human(Some(a + f + s)), human(Some(a)), human(Some(f)), human(Some(s)))
+            format!("rss {} (anon {}, file {}, shmem {})", human(v.rss_bytes()), human(Some(a)), human(Some(f)), human(Some(s)))
         }
         _ => "rss unknown".into(),
     };
@@ -57,7 +81,19 @@ pub fn note(ev: &OomKill) -> String {
         Some(false) => "; the container keeps running",
         None => "",
     };
-    format!("{who} killed by the OOM killer: {rss}, {scope}{consequence}")
+    let mut note = format!("{who} killed by the OOM killer: {rss}, {scope}{consequence}");
+    if let Some(r) = &ev.oom.recommendation {
+        note = format!("{note}. {}: {}", r.reason, r.action);
+    }
+    // `kubectl describe` prints notes raw: a process name must not drive the terminal.
+    let mut note = crate::output::escape_controls(&note).into_owned();
+    // A runtime setting is the process's own text: it must not make the API refuse the Event.
+    if note.len() > NOTE_MAX {
+        let end = (0..=NOTE_MAX - 3).rev().find(|i| note.is_char_boundary(*i)).unwrap_or(0);
+        note.truncate(end);
+        note.push('…');
+    }
+    note
 }
 
 /// Whether the OOM cgroup is the pod-level cgroup (its last component names the pod UID).
@@ -66,7 +102,19 @@ fn pod_level(cgroup: &str, uid: &str) -> bool {
     last.contains(uid) || last.contains(&uid.replace('-', "_"))
 }
 
-/// What the Event is about: the Pod, or the Node for a kill outside any pod.
+/// The container within its pod, as kubelet's own Events point at it (`spec.containers{app}`).
+fn field_path(k: &crate::model::K8s) -> Option<String> {
+    let list = match k.container_kind? {
+        ContainerKind::Regular => "containers",
+        ContainerKind::Init => "initContainers",
+        ContainerKind::Ephemeral => "ephemeralContainers",
+    };
+    Some(format!("spec.{list}{{{}}}", k.container.as_deref()?))
+}
+
+/// What the Event is about: the Pod's container (the pod when the container is unknown), or
+/// the Node for a kill outside any pod. A series is per reference, so the container in
+/// `fieldPath` gives each container its own series.
 fn regarding(ev: &OomKill) -> Option<ObjectReference> {
     match &ev.k8s {
         Some(k) if k.resolved => Some(ObjectReference {
@@ -75,6 +123,7 @@ fn regarding(ev: &OomKill) -> Option<ObjectReference> {
             name: k.pod.clone(),
             namespace: k.namespace.clone(),
             uid: k.pod_uid.clone(),
+            field_path: field_path(k),
             ..Default::default()
         }),
         // A pod we cannot name: an Event on it would be invisible; it still goes to the log.
@@ -89,19 +138,84 @@ fn regarding(ev: &OomKill) -> Option<ObjectReference> {
     }
 }
 
+/// The kill's numbers, for programs; what is unknown is absent.
+fn annotations(ev: &OomKill) -> BTreeMap<String, String> {
+    let container = ev.k8s.as_ref().and_then(|k| k.container.clone());
+    let runtime = ev.victim.runtime.as_ref();
+    [
+        (annotation::CONTAINER, container),
+        (annotation::PID, ev.victim.pid.map(|p| p.to_string())),
+        (annotation::COMM, ev.victim.comm.clone()),
+        (annotation::LIMIT_BYTES, ev.oom.limit_bytes.map(|b| b.to_string())),
+        (annotation::USAGE_BYTES, ev.oom.usage_bytes.map(|b| b.to_string())),
+        (annotation::RUNTIME, runtime.map(|r| r.name.as_str().to_string())),
+        (annotation::HEAP_MAX_BYTES, runtime.and_then(|r| r.heap_max_bytes).map(|b| b.to_string())),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| Some((k.to_string(), v?)))
+    .collect()
+}
+
+/// The first Event of a series (named like the Recorder's: `<object>.<nanoseconds>`).
+fn new_event(ev: &OomKill, reference: ObjectReference, node: &str, now: Timestamp) -> Event {
+    Event {
+        metadata: ObjectMeta {
+            name: Some(format!("{}.{:x}", reference.name.as_deref().unwrap_or(CONTROLLER), now.as_nanosecond())),
+            namespace: Some(namespace(&reference).to_string()),
+            annotations: Some(annotations(ev)),
+            ..Default::default()
+        },
+        event_time: Some(MicroTime(now)),
+        type_: Some("Warning".into()),
+        reason: Some(REASON.into()),
+        action: Some(ACTION.into()),
+        note: Some(note(ev)),
+        regarding: Some(reference),
+        reporting_controller: Some(CONTROLLER.into()),
+        reporting_instance: Some(node.to_string()),
+        ..Default::default()
+    }
+}
+
+/// Events about cluster-scoped objects (the Node) live in `default`.
+fn namespace(reference: &ObjectReference) -> &str {
+    reference.namespace.as_deref().unwrap_or("default")
+}
+
+/// The series an Event belongs to: one per object and container.
+fn series_key(reference: &ObjectReference, ev: &OomKill) -> String {
+    format!(
+        "{}/{}/{}/{}",
+        reference.kind.as_deref().unwrap_or(""),
+        reference.uid.as_deref().or(reference.name.as_deref()).unwrap_or(""),
+        reference.field_path.as_deref().unwrap_or(""),
+        ev.k8s.as_ref().and_then(|k| k.container.as_deref()).unwrap_or("")
+    )
+}
+
+/// A published Event and its last kill.
+struct Series {
+    namespace: String,
+    name: String,
+    count: i32,
+    last: Instant,
+}
+
 /// Handle to the publishing task.
-#[derive(Clone)]
 pub struct EventPublisher {
     tx: mpsc::Sender<OomKill>,
     metrics: Arc<Metrics>,
+    /// Kills queued or being published, to count what exit leaves undelivered.
+    pending: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl EventPublisher {
     pub fn spawn(client: kube::Client, node: String, metrics: Arc<Metrics>) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let recorder = Recorder::new(client, Reporter { controller: CONTROLLER.into(), instance: Some(node) });
-        tokio::spawn(run(recorder, rx, metrics.clone()));
-        Self { tx, metrics }
+        let pending = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(run(client, node, rx, metrics.clone(), pending.clone()));
+        Self { tx, metrics, pending, task }
     }
 
     /// Queues the kill for publication; a full queue drops it (counted).
@@ -109,59 +223,98 @@ impl EventPublisher {
         if regarding(ev).is_none() {
             return;
         }
+        self.pending.fetch_add(1, Relaxed);
         if self.tx.try_send(ev.clone()).is_err() {
+            self.pending.fetch_sub(1, Relaxed);
             tracing::warn!("Kubernetes Event queue full: dropping the Event for this kill");
-            self.metrics.event_dropped();
+            self.metrics.event_dropped(1);
+        }
+    }
+
+    /// Publishes what is still queued, until `deadline`; the rest is counted and logged.
+    /// Runs on a thread allowed to block (the exit path).
+    pub fn finish(self, deadline: Instant) {
+        let Self { tx, metrics, pending, mut task } = self;
+        drop(tx);
+        let left = deadline.saturating_duration_since(Instant::now());
+        let done = tokio::runtime::Handle::current().block_on(tokio::time::timeout(left, &mut task));
+        if done.is_err() {
+            task.abort();
+            let lost = pending.load(Relaxed);
+            tracing::warn!("{lost} Kubernetes Events not published before the exit deadline");
+            metrics.event_dropped(lost);
         }
     }
 }
 
-async fn run(recorder: Recorder, mut rx: mpsc::Receiver<OomKill>, metrics: Arc<Metrics>) {
-    // First Event per container (or node) and when it was made.
-    let mut recent: HashMap<String, (String, Instant)> = HashMap::new();
+async fn run(
+    client: kube::Client,
+    node: String,
+    mut rx: mpsc::Receiver<OomKill>,
+    metrics: Arc<Metrics>,
+    pending: Arc<AtomicU64>,
+) {
+    let mut series: HashMap<String, Series> = HashMap::new();
     while let Some(ev) = rx.recv().await {
-        let Some(reference) = regarding(&ev) else { continue };
-        let key = format!(
-            "{}/{}/{}",
-            reference.kind.as_deref().unwrap_or(""),
-            reference.uid.as_deref().or(reference.name.as_deref()).unwrap_or(""),
-            ev.k8s.as_ref().and_then(|k| k.container.as_deref()).unwrap_or("")
-        );
-        recent.retain(|_, (_, at)| at.elapsed() < AGGREGATION_WINDOW);
-        let note = match recent.get(&key) {
-            Some((first, _)) => first.clone(),
-            None => {
-                let n = note(&ev);
-                recent.insert(key, (n.clone(), Instant::now()));
-                n
+        deliver(&client, &node, &ev, &mut series, &metrics).await;
+        pending.fetch_sub(1, Relaxed);
+    }
+}
+
+/// One kill's Event, retried with backoff, each attempt within [`ATTEMPT_TIMEOUT`].
+async fn deliver(client: &kube::Client, node: &str, ev: &OomKill, series: &mut HashMap<String, Series>, metrics: &Metrics) {
+    let Some(reference) = regarding(ev) else { return };
+    let key = series_key(&reference, ev);
+    series.retain(|_, s| s.last.elapsed() < AGGREGATION_WINDOW);
+    let mut delay = Duration::from_millis(200);
+    for attempt in 1..=ATTEMPTS {
+        match tokio::time::timeout(ATTEMPT_TIMEOUT, publish(client, node, ev, &reference, series.get(&key))).await {
+            Ok(Ok(s)) => {
+                series.insert(key, s);
+                return;
             }
-        };
-        let event = Event {
-            type_: EventType::Warning,
-            reason: REASON.into(),
-            note: Some(note),
-            action: ACTION.into(),
-            secondary: None,
-        };
-        let mut delay = Duration::from_millis(200);
-        let mut sent = false;
-        for attempt in 1..=ATTEMPTS {
-            match recorder.publish(&event, &reference).await {
-                Ok(()) => {
-                    sent = true;
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!("publishing the OOMKill Event failed (attempt {attempt}/{ATTEMPTS}): {e}");
-                    if attempt < ATTEMPTS {
-                        tokio::time::sleep(delay).await;
-                        delay *= 4;
-                    }
-                }
+            // The API server dropped the Event (its TTL, or deleted): start a new series.
+            Ok(Err(kube::Error::Api(s))) if s.code == 404 => {
+                series.remove(&key);
+                continue;
             }
+            Ok(Err(e)) => tracing::warn!("publishing the OOMKill Event failed (attempt {attempt}/{ATTEMPTS}): {e}"),
+            Err(_) => tracing::warn!(
+                "publishing the OOMKill Event timed out after {ATTEMPT_TIMEOUT:?} (attempt {attempt}/{ATTEMPTS})"
+            ),
         }
-        if !sent {
-            metrics.event_dropped();
+        if attempt < ATTEMPTS {
+            tokio::time::sleep(delay).await;
+            delay *= 4;
+        }
+    }
+    metrics.event_dropped(1);
+}
+
+/// Creates the Event, or counts one more kill on the series' Event.
+async fn publish(
+    client: &kube::Client,
+    node: &str,
+    ev: &OomKill,
+    reference: &ObjectReference,
+    series: Option<&Series>,
+) -> Result<Series, kube::Error> {
+    let now = Timestamp::now();
+    match series {
+        Some(s) => {
+            let api: Api<Event> = Api::namespaced(client.clone(), &s.namespace);
+            let count = s.count.saturating_add(1);
+            let patch = serde_json::json!({"series": {"count": count, "lastObservedTime": MicroTime(now)}});
+            api.patch(&s.name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            Ok(Series { namespace: s.namespace.clone(), name: s.name.clone(), count, last: Instant::now() })
+        }
+        None => {
+            let event = new_event(ev, reference.clone(), node, now);
+            let ns = namespace(reference).to_string();
+            let api: Api<Event> = Api::namespaced(client.clone(), &ns);
+            let created = api.create(&PostParams::default(), &event).await?;
+            let name = created.metadata.name.or(event.metadata.name).unwrap_or_default();
+            Ok(Series { namespace: ns, name, count: 1, last: Instant::now() })
         }
     }
 }
@@ -171,7 +324,7 @@ mod tests {
     use super::*;
 
     fn kill() -> OomKill {
-        crate::event::test_kill(serde_json::json!({
+        crate::model::test_kill(serde_json::json!({
             "victim": {"pid": 4242, "comm": "python3", "rss_anon_bytes": 1900u64 << 20, "rss_file_bytes": 0,
                        "rss_shmem_bytes": 0, "container_init": false},
             "oom": {"constraint": "memcg", "cgroup": "/kubepods/burstable/pod1234/abcd",
@@ -195,11 +348,61 @@ mod tests {
         assert!(note(&k).ends_with("the container restarts"));
     }
 
+    fn jvm_kill(argv: &[&str]) -> OomKill {
+        let mut k = kill();
+        let p = crate::runtime::Process { argv: argv.iter().map(|s| s.to_string()).collect(), ..Default::default() };
+        k.victim.runtime = crate::runtime::recognise(&p, k.oom.limit_bytes, crate::model::RuntimeSource::Procfs);
+        crate::explain::apply(&mut k, None);
+        k
+    }
+
+    #[test]
+    fn the_note_ends_with_the_recommendation_and_annotations_name_the_runtime() {
+        let k = jvm_kill(&["java", "-XX:MaxRAMPercentage=95", "-jar", "app.jar"]);
+        assert!(
+            note(&k).ends_with(
+                "the container keeps running. JVM heap max 1.9GiB (-XX:MaxRAMPercentage=95 of 2.0GiB) leaves 102.0MiB for metaspace, threads and native memory: lower -XX:MaxRAMPercentage below 95 or raise the limit"
+            ),
+            "{}",
+            note(&k)
+        );
+        let a = annotations(&k);
+        assert_eq!(a.get(annotation::RUNTIME).map(String::as_str), Some("jvm"));
+        assert_eq!(a.get(annotation::HEAP_MAX_BYTES).map(String::as_str), Some("2040528896"));
+        assert!(!annotations(&kill()).contains_key(annotation::RUNTIME));
+    }
+
+    #[test]
+    fn a_hostile_setting_cannot_push_the_note_past_the_api_servers_bound() {
+        let long = format!("-Xmx{}k", "0".repeat(4000) + "1");
+        let k = jvm_kill(&["java", &long, "Main"]);
+        let n = note(&k);
+        assert!(n.len() <= NOTE_MAX && n.ends_with('…'), "{} bytes", n.len());
+        assert!(n.starts_with("python3 (pid 4242) in container app killed"));
+    }
+
+    #[test]
+    fn the_note_escapes_a_hostile_process_name() {
+        let mut k = kill();
+        k.victim.comm = Some("\x1b[31mRED\x1b[0m".into());
+        assert!(note(&k).starts_with("\\x1b[31mRED\\x1b[0m (pid 4242)"), "{}", note(&k));
+    }
+
     #[test]
     fn events_go_on_the_pod_or_the_node() {
         let r = regarding(&kill()).unwrap();
         assert_eq!(r.kind.as_deref(), Some("Pod"));
         assert_eq!(r.namespace.as_deref(), Some("shop"));
+        assert_eq!(r.field_path, None, "no container kind, no fieldPath");
+        for (kind, path) in [
+            (ContainerKind::Regular, "spec.containers{app}"),
+            (ContainerKind::Init, "spec.initContainers{app}"),
+            (ContainerKind::Ephemeral, "spec.ephemeralContainers{app}"),
+        ] {
+            let mut k = kill();
+            k.k8s.as_mut().unwrap().container_kind = Some(kind);
+            assert_eq!(regarding(&k).unwrap().field_path.as_deref(), Some(path));
+        }
         let mut global = kill();
         global.k8s = None;
         global.oom.constraint = Some("global".into());
@@ -209,5 +412,24 @@ mod tests {
         let mut unresolved = kill();
         unresolved.k8s.as_mut().unwrap().resolved = false;
         assert!(regarding(&unresolved).is_none());
+    }
+
+    #[test]
+    fn annotations_carry_the_numbers_and_omit_the_unknown() {
+        let a = annotations(&kill());
+        let get = |k: &str| a.get(k).map(String::as_str);
+        assert_eq!(get(annotation::CONTAINER), Some("app"));
+        assert_eq!(get(annotation::PID), Some("4242"));
+        assert_eq!(get(annotation::COMM), Some("python3"));
+        assert_eq!(get(annotation::LIMIT_BYTES), Some("2147483648"));
+        assert_eq!(get(annotation::USAGE_BYTES), Some("2147483648"));
+        let mut global = kill();
+        global.k8s = None;
+        global.oom.limit_bytes = None;
+        let a = annotations(&global);
+        assert!(!a.contains_key(annotation::CONTAINER) && !a.contains_key(annotation::LIMIT_BYTES), "{a:?}");
+        let e = new_event(&global, regarding(&global).unwrap(), "node-1", Timestamp::UNIX_EPOCH);
+        assert_eq!(e.metadata.namespace.as_deref(), Some("default"), "the Node's Events live in default");
+        assert_eq!(e.reporting_instance.as_deref(), Some("node-1"));
     }
 }

@@ -2,7 +2,7 @@
 //! Grows by 1 MiB steps, touching every page so it is really charged, then holds what it has
 //! for `hold_ms` and exits 0 if nothing killed it. With `pid1` it first enters a new pid
 //! namespace and grows as its PID 1, like a container's main process; the outer process
-//! dies the way the inner one did.
+//! dies the way the inner one did. `OOMTRACE_HOG_COMM` renames it (prctl PR_SET_NAME) first.
 use std::io::Write;
 
 fn main() {
@@ -10,6 +10,12 @@ fn main() {
     let mib: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(256);
     let kind = args.get(2).map(String::as_str).unwrap_or("anon");
     let hold_ms: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(0);
+    if let Some(name) = std::env::var_os("OOMTRACE_HOG_COMM") {
+        use std::os::unix::ffi::OsStrExt;
+        let name = std::ffi::CString::new(name.as_bytes()).expect("no NUL in the name");
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string of up to 16 bytes.
+        unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+    }
     if args.get(4).map(String::as_str) == Some("pid1") {
         as_pid1();
     }

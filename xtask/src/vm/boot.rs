@@ -11,7 +11,7 @@ use anyhow::Context;
 
 use super::kernel::Kernel;
 use super::prereq::Vng;
-use super::{guest, Paths, Plan};
+use super::{guest, Cgroups, Paths, Plan};
 
 /// The guest's serial console (kernel messages, virtme-ng-init, runner progress).
 pub const CONSOLE: &str = "console.log";
@@ -20,10 +20,19 @@ pub const CONSOLE: &str = "console.log";
 /// bug after `cmpxchg16b %gs:` gives random double faults; SLUB then takes its locked path).
 const QEMU_CPU: &str = "max,-la57,-cx16";
 
-/// Kernel command line additions. cgroup_no_v1=all: pure cgroup v2, as on production nodes;
-/// log_buf_len: room for many OOM reports in dmesg; loglevel=4 keeps the (slow, emulated)
-/// serial console to warnings and worse; everything still reaches dmesg.
-const CMDLINE: &str = "cgroup_no_v1=all log_buf_len=4M loglevel=4";
+/// Kernel command line additions. log_buf_len: room for many OOM reports in dmesg; loglevel=4
+/// keeps the (slow, emulated) serial console to warnings and worse; everything still reaches
+/// dmesg. tsc=reliable clocksource=tsc: under TCG, 5.10 otherwise falls back to the HPET, whose
+/// emulated MMIO reads make every clock read a trap (its suite ran ~4x slower, and timers in
+/// the tests' clients overran their waits). A v2 guest adds cgroup_no_v1=all (pure cgroup v2,
+/// as on current nodes); a v1 guest leaves the v1 controllers available, and its runner mounts
+/// them (`guest::setup`).
+fn cmdline(cgroups: Cgroups) -> &'static str {
+    match cgroups {
+        Cgroups::V2 => "cgroup_no_v1=all tsc=reliable clocksource=tsc log_buf_len=4M loglevel=4",
+        Cgroups::V1 => "tsc=reliable clocksource=tsc log_buf_len=4M loglevel=4",
+    }
+}
 
 /// The guest keeps this much of the time limit for booting, saving dmesg and powering off.
 const GUEST_MARGIN: Duration = Duration::from_secs(120);
@@ -49,6 +58,7 @@ pub fn run_kernel(
     results: &Path,
     cfg: &VmConfig,
 ) -> anyhow::Result<bool> {
+    let name = &plan.guest;
     // Fresh results dir: it is the guest's only writable host directory.
     if results.exists() {
         std::fs::remove_dir_all(results)
@@ -76,7 +86,7 @@ pub fn run_kernel(
     }
     eprintln!(
         "vm-test: booting {} ({}) under QEMU TCG, {} vCPUs, {} RAM, time limit {}s; console: {}",
-        k.series,
+        name,
         k.release,
         cfg.cpus,
         cfg.memory,
@@ -93,7 +103,7 @@ pub fn run_kernel(
         .arg("--rwdir")
         .arg(results)
         .arg(format!("--qemu-opts=-cpu {QEMU_CPU}"))
-        .args(["--append", CMDLINE])
+        .args(["--append", cmdline(plan.cgroups)])
         .args(["--exec", &exec])
         .env("PATH", path)
         .current_dir(&paths.workspace)
@@ -119,7 +129,7 @@ pub fn run_kernel(
             // Only whole lines.
             if let Some(end) = buf.rfind('\n') {
                 for line in buf[..=end].lines() {
-                    eprintln!("  [{} guest] {line}", k.series);
+                    eprintln!("  [{} guest] {line}", name);
                 }
                 *pos += end as u64 + 1;
             }
@@ -133,7 +143,7 @@ pub fn run_kernel(
         if start.elapsed() >= cfg.timeout {
             eprintln!(
                 "vm-test: {}: time limit of {}s reached, killing the VM",
-                k.series,
+                name,
                 cfg.timeout.as_secs()
             );
             // SAFETY: kill(2) on the process group created for this child.
@@ -146,7 +156,7 @@ pub fn run_kernel(
     relay(&mut log_pos);
     eprintln!(
         "vm-test: {}: VM {} after {:.1}s",
-        k.series,
+        name,
         if in_time { "exited" } else { "killed" },
         start.elapsed().as_secs_f64()
     );

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use super::{GuestReport, ItemResult, Plan, PlanItem};
+use super::{Cgroups, GuestReport, ItemResult, Plan, PlanItem};
 
 pub const PLAN: &str = "plan.json";
 pub const REPORT: &str = "guest-report.json";
@@ -21,8 +21,10 @@ pub const ITEMS_DIR: &str = "items";
 pub const LOG: &str = "guest.log";
 
 const CGROUP: &str = "/sys/fs/cgroup";
+/// The v1 hierarchies a v1 guest mounts under [`CGROUP`], each with its one controller.
+const V1_CONTROLLERS: &[&str] = &["memory", "pids"];
 /// The runner's own cgroup: keeps it out of the root cgroup and apart from what tests create.
-const RUNNER_CGROUP: &str = "/sys/fs/cgroup/runner";
+const RUNNER: &str = "runner";
 
 struct Log {
     file: Option<File>,
@@ -91,11 +93,24 @@ fn run_inner(dir: &Path, log: &mut Log, report: &mut GuestReport) -> anyhow::Res
         read_trim("/proc/sys/kernel/osrelease")
     ));
 
-    setup(log, report);
+    setup(plan.cgroups, log, report);
     report.uname_r = read_trim("/proc/sys/kernel/osrelease");
     report.cmdline = read_trim("/proc/cmdline");
-    report.cgroup_controllers = read_trim(&format!("{CGROUP}/cgroup.controllers"));
-    report.cgroup_subtree_control = read_trim(&format!("{CGROUP}/cgroup.subtree_control"));
+    match plan.cgroups {
+        Cgroups::V2 => {
+            report.cgroup_controllers = read_trim(&format!("{CGROUP}/cgroup.controllers"));
+            report.cgroup_subtree_control = read_trim(&format!("{CGROUP}/cgroup.subtree_control"));
+        }
+        Cgroups::V1 => {
+            let v1: Vec<&str> = V1_CONTROLLERS
+                .iter()
+                .copied()
+                .filter(|c| mounted(&format!("{CGROUP}/{c}")).as_deref() == Some("cgroup"))
+                .collect();
+            report.cgroup_controllers = format!("v1: {}", v1.join(" "));
+            report.cgroup_subtree_control = "(no cgroup2 mount)".into();
+        }
+    }
     report.btf_vmlinux = Path::new("/sys/kernel/btf/vmlinux").exists();
     report.nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
     report.mem_total = std::fs::read_to_string("/proc/meminfo")
@@ -163,12 +178,21 @@ fn mounted(target: &str) -> Option<String> {
 }
 
 fn mount(fstype: &str, target: &str) -> std::io::Result<()> {
+    mount_with(fstype, target, None)
+}
+
+/// mount(2) of `fstype` at `target` (created if missing), with `data` options.
+fn mount_with(fstype: &str, target: &str, data: Option<&str>) -> std::io::Result<()> {
     use std::ffi::CString;
     std::fs::create_dir_all(target)?;
     let fs = CString::new(fstype).unwrap();
     let tgt = CString::new(target).unwrap();
-    // SAFETY: valid NUL-terminated strings; no data argument.
-    let rc = unsafe { libc::mount(fs.as_ptr(), tgt.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) };
+    let data = data.map(|d| CString::new(d).unwrap());
+    let data_ptr = data
+        .as_ref()
+        .map_or(std::ptr::null(), |d| d.as_ptr().cast());
+    // SAFETY: valid NUL-terminated strings (or a null data pointer).
+    let rc = unsafe { libc::mount(fs.as_ptr(), tgt.as_ptr(), fs.as_ptr(), 0, data_ptr) };
     if rc == 0 {
         Ok(())
     } else {
@@ -176,41 +200,46 @@ fn mount(fstype: &str, target: &str) -> std::io::Result<()> {
     }
 }
 
-/// Pure cgroup v2 with memory (+pids), tracefs, bpffs, debugfs; the runner in its own cgroup,
-/// exempt from the OOM killer. Failures are recorded, not fatal: the tests will tell.
-fn setup(log: &mut Log, report: &mut GuestReport) {
-    let mut err = |log: &mut Log, msg: String| {
-        log.line(format!("setup error: {msg}"));
-        report.setup_errors.push(msg);
-    };
-    for (fstype, target) in [
-        ("cgroup2", CGROUP),
-        ("tracefs", "/sys/kernel/tracing"),
-        ("bpf", "/sys/fs/bpf"),
-        ("debugfs", "/sys/kernel/debug"),
-    ] {
-        match mounted(target) {
-            Some(t) if t == fstype => {}
-            other => {
-                if let Err(e) = mount(fstype, target) {
-                    err(
-                        log,
-                        format!("mounting {fstype} at {target} (had {other:?}): {e}"),
-                    );
-                } else {
-                    log.line(format!("mounted {fstype} at {target}"));
-                }
-            }
+/// Pure cgroup v1 in the guest: whatever cgroup2 the guest's init mounted at [`CGROUP`] is
+/// unmounted (this is the guest's own kernel: nothing of the host is touched), a tmpfs goes
+/// there, and each of [`V1_CONTROLLERS`] gets its own v1 hierarchy, as systemd's legacy mode
+/// lays them out. Returns the memory hierarchy's root.
+fn mount_v1(log: &mut Log) -> Result<String, String> {
+    while mounted(CGROUP).as_deref() == Some("cgroup2") {
+        let tgt = std::ffi::CString::new(CGROUP).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        if unsafe { libc::umount2(tgt.as_ptr(), 0) } != 0 {
+            return Err(format!(
+                "unmounting the guest's cgroup2 at {CGROUP}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        log.line(format!("unmounted cgroup2 at {CGROUP}"));
+    }
+    if mounted(CGROUP).as_deref() != Some("tmpfs") {
+        mount_with("tmpfs", CGROUP, Some("mode=755"))
+            .map_err(|e| format!("mounting tmpfs at {CGROUP}: {e}"))?;
+    }
+    for c in V1_CONTROLLERS {
+        let target = format!("{CGROUP}/{c}");
+        if mounted(&target).as_deref() != Some("cgroup") {
+            mount_with("cgroup", &target, Some(c))
+                .map_err(|e| format!("mounting the v1 {c} hierarchy at {target}: {e}"))?;
+            log.line(format!("mounted cgroup v1 {c} at {target}"));
         }
     }
+    Ok(format!("{CGROUP}/memory"))
+}
+
+/// Enables memory (+pids) for the children of the v2 root; returns the root.
+fn enable_v2(err: &mut impl FnMut(String)) -> String {
     let available = read_trim(&format!("{CGROUP}/cgroup.controllers"));
     for ctrl in ["memory", "pids"] {
         if !available.split_whitespace().any(|c| c == ctrl) {
             if ctrl == "memory" {
-                err(
-                    log,
-                    format!("no memory controller in cgroup.controllers ({available})"),
-                );
+                err(format!(
+                    "no memory controller in cgroup.controllers ({available})"
+                ));
             }
             continue;
         }
@@ -218,22 +247,60 @@ fn setup(log: &mut Log, report: &mut GuestReport) {
             format!("{CGROUP}/cgroup.subtree_control"),
             format!("+{ctrl}"),
         ) {
-            err(
-                log,
-                format!("enabling +{ctrl} in the root cgroup.subtree_control: {e}"),
-            );
+            err(format!(
+                "enabling +{ctrl} in the root cgroup.subtree_control: {e}"
+            ));
         }
     }
-    if let Err(e) = std::fs::create_dir_all(RUNNER_CGROUP).and_then(|()| {
-        std::fs::write(
-            format!("{RUNNER_CGROUP}/cgroup.procs"),
-            std::process::id().to_string(),
-        )
-    }) {
-        err(log, format!("moving the runner into {RUNNER_CGROUP}: {e}"));
+    CGROUP.to_string()
+}
+
+/// The guest's cgroups (pure v2 with memory and pids, or pure v1), tracefs, bpffs, debugfs;
+/// the runner in its own memory cgroup, exempt from the OOM killer. Failures are recorded, not
+/// fatal: the tests will tell.
+fn setup(cgroups: Cgroups, log: &mut Log, report: &mut GuestReport) {
+    let mut errors = Vec::new();
+    let mut err = |msg: String| errors.push(msg);
+    let mut mounts = vec![
+        ("tracefs", "/sys/kernel/tracing"),
+        ("bpf", "/sys/fs/bpf"),
+        ("debugfs", "/sys/kernel/debug"),
+    ];
+    if cgroups == Cgroups::V2 {
+        mounts.insert(0, ("cgroup2", CGROUP));
+    }
+    for (fstype, target) in mounts {
+        match mounted(target) {
+            Some(t) if t == fstype => {}
+            other => match mount(fstype, target) {
+                Err(e) => err(format!(
+                    "mounting {fstype} at {target} (had {other:?}): {e}"
+                )),
+                Ok(()) => log.line(format!("mounted {fstype} at {target}")),
+            },
+        }
+    }
+    let memory_root = match cgroups {
+        Cgroups::V2 => Some(enable_v2(&mut err)),
+        Cgroups::V1 => mount_v1(log).map_err(&mut err).ok(),
+    };
+    if let Some(root) = memory_root {
+        let runner = format!("{root}/{RUNNER}");
+        if let Err(e) = std::fs::create_dir_all(&runner).and_then(|()| {
+            std::fs::write(
+                format!("{runner}/cgroup.procs"),
+                std::process::id().to_string(),
+            )
+        }) {
+            err(format!("moving the runner into {runner}: {e}"));
+        }
     }
     if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "-1000") {
-        err(log, format!("setting the runner's oom_score_adj: {e}"));
+        err(format!("setting the runner's oom_score_adj: {e}"));
+    }
+    for msg in errors {
+        log.line(format!("setup error: {msg}"));
+        report.setup_errors.push(msg);
     }
 }
 

@@ -17,6 +17,7 @@ deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian
 deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-updates main
 deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian-security bookworm-security main
 deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-backports main
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bullseye main
 ";
 
 /// The lists are refreshed at most this often (unless a series has no cached kernel).
@@ -26,7 +27,7 @@ const COMPLETE: &str = ".oomtrace-complete";
 
 #[derive(Debug, Clone)]
 pub struct Kernel {
-    /// "6.1" or "6.12".
+    /// "5.10", "6.1" or "6.12".
     pub series: String,
     /// Package actually unpacked, e.g. linux-image-6.1.0-57-amd64-unsigned.
     pub package: String,
@@ -233,7 +234,7 @@ fn unpack(
         bail!("{} has no boot/vmlinuz-{release}", deb.display());
     }
     // Debian packages leave modules.dep to their postinst; vng needs it to load 9p & co.
-    let depmod = super::prereq::which("depmod").context("depmod not found")?;
+    let depmod = xtask::sys::which("depmod").context("depmod not found")?;
     let st = Command::new(depmod)
         .arg("-a")
         .arg("-b")

@@ -3,18 +3,25 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use anyhow::{bail, Context};
 use serde_json::Value;
 
 use super::kernel::Kernel;
-use super::{Paths, Plan, PlanItem};
+use super::{Guest, Paths, Plan, PlanItem};
 
 pub const SMOKE_SCRIPT: &str = "smoke.sh";
 const SMOKE: &str = include_str!("../../vm/smoke.sh");
-const DAEMON_PACKAGE: &str = "oomtrace";
 const TESTS_PACKAGE: &str = "oomtrace-tests";
+/// Where `oomtrace-tests` lives in the workspace.
+const TESTS_DIR: &str = "tests";
+/// Test executables that the guest's kernel cannot change, so they run on the host only:
+/// those about the host (its toolchains, its container engine), those that never reach the
+/// kernel (the `--cluster` view, the pod index and the Helm chart talk to a test API server or
+/// render manifests), and `runtimes` (recognising a runtime is userspace only, and the JVMs,
+/// javac and `go build` it starts would be slow under QEMU's TCG).
+const HOST_ONLY: &[&str] = &["toolchain", "image", "cluster_watch", "pod_index", "helm", "runtimes"];
 
 pub struct Executable {
     pub name: String,
@@ -77,25 +84,22 @@ impl Payload {
         })
     }
 
-    /// `cargo build --release -p oomtrace` and `cargo test -p oomtrace-tests --release
-    /// --no-run`, collecting the daemon and every test executable from cargo's JSON messages.
+    /// The static release daemon (the image's binary, so the guests run what ships) and the
+    /// release test executables of `oomtrace-tests`, which `cargo xtask test` has just built
+    /// for the host suite: the guests then need no build of their own.
     pub fn build(paths: &Paths) -> anyhow::Result<Self> {
-        eprintln!("vm-test: cargo build --release -p {DAEMON_PACKAGE}");
-        let daemon = cargo_json(paths, &["build", "--release", "-p", DAEMON_PACKAGE])?;
-        let oomtrace_bin = daemon
-            .iter()
-            .find(|a| a.kinds.iter().any(|k| k == "bin") && a.name == DAEMON_PACKAGE && !a.test)
-            .map(|a| a.executable.clone())
-            .context("cargo built no `oomtrace` binary")?;
-
-        eprintln!("vm-test: cargo test -p {TESTS_PACKAGE} --release --no-run");
-        let tests = cargo_json(
-            paths,
-            &["test", "-p", TESTS_PACKAGE, "--release", "--no-run"],
-        )?;
+        let oomtrace_bin = xtask::image::build_static(&paths.workspace)?;
+        // The host suite's very command, so that its build is reused as is (one package alone
+        // would unify features differently and rebuild the daemon).
+        eprintln!("vm-test: cargo test --release --no-run (the executables of {TESTS_PACKAGE})");
+        let tests_dir = paths.workspace.join(TESTS_DIR);
+        let tests: Vec<Artifact> = cargo_json(paths, &["test", "--release", "--no-run"])?
+            .into_iter()
+            .filter(|a| a.manifest_dir == tests_dir)
+            .collect();
         let mut executables: Vec<Executable> = tests
             .into_iter()
-            .filter(|a| a.test)
+            .filter(|a| a.test && !HOST_ONLY.contains(&a.name.as_str()))
             .map(|a| Executable {
                 name: a.name,
                 program: a.executable,
@@ -111,9 +115,11 @@ impl Payload {
         })
     }
 
-    pub fn plan(&self, k: &Kernel, extra: &[String]) -> Plan {
+    pub fn plan(&self, guest: &Guest, k: &Kernel, extra: &[String]) -> Plan {
         Plan {
+            guest: guest.name.to_string(),
             kernel_release: k.release.clone(),
+            cgroups: guest.cgroups,
             budget_secs: 0, // set from the time limit at boot
             env: vec![
                 (
@@ -145,10 +151,7 @@ impl Payload {
 }
 
 fn default_daemon_path(paths: &Paths) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| paths.workspace.join("target"));
-    target.join("release").join(DAEMON_PACKAGE)
+    xtask::image::static_binary(&paths.workspace)
 }
 
 /// Make names unique (they name output files): `name`, `name-2`, ...
@@ -176,7 +179,6 @@ fn dedup_names(exes: &mut [Executable]) {
 
 struct Artifact {
     name: String,
-    kinds: Vec<String>,
     test: bool,
     executable: PathBuf,
     manifest_dir: PathBuf,
@@ -184,8 +186,7 @@ struct Artifact {
 
 /// Run cargo with JSON messages; show its diagnostics, return its executable artifacts.
 fn cargo_json(paths: &Paths, args: &[&str]) -> anyhow::Result<Vec<Artifact>> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut child = Command::new(&cargo)
+    let mut child = xtask::sys::cargo()
         .args(args)
         .arg("--message-format=json-diagnostic-rendered-ansi")
         .current_dir(&paths.workspace)
@@ -213,14 +214,6 @@ fn cargo_json(paths: &Paths, args: &[&str]) -> anyhow::Result<Vec<Artifact>> {
                 let manifest = msg["manifest_path"].as_str().map(Path::new);
                 artifacts.push(Artifact {
                     name: msg["target"]["name"].as_str().unwrap_or("test").to_string(),
-                    kinds: msg["target"]["kind"]
-                        .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(|k| k.as_str().map(String::from))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
                     test: msg["profile"]["test"].as_bool().unwrap_or(false),
                     executable: exe.into(),
                     manifest_dir: manifest

@@ -2,9 +2,10 @@
 //! when missing, so a second run costs a few `dpkg-query` calls.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use anyhow::{bail, Context};
+use xtask::sys::{apt_install, which};
 
 use super::Paths;
 
@@ -31,75 +32,12 @@ pub struct Vng {
     pub vng: PathBuf,
 }
 
-fn is_installed(pkg: &str) -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}", pkg])
-        .stderr(Stdio::null())
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).ends_with(" installed"))
-        .unwrap_or(false)
-}
-
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn apt_install(pkgs: &[&str]) -> anyhow::Result<()> {
-    let install = || {
-        Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(pkgs)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdout(Stdio::null())
-            .status()
-    };
-    if install()?.success() {
-        return Ok(());
-    }
-    // Stale or missing host package lists are the usual cause: refresh once and retry.
-    eprintln!("vm-test: apt-get install failed, running apt-get update and retrying");
-    let _ = Command::new("apt-get")
-        .args(["update", "-qq"])
-        .stdout(Stdio::null())
-        .status();
-    if !install()?.success() {
-        bail!(
-            "could not install the host packages {pkgs:?} with apt-get; install them by hand \
-             (apt-get install {})",
-            pkgs.join(" ")
-        );
-    }
-    Ok(())
-}
-
 pub fn ensure(paths: &Paths) -> anyhow::Result<Vng> {
     if std::env::consts::ARCH != "x86_64" {
         bail!("vm-test boots amd64 kernels and expects an x86_64 host");
     }
-    if Command::new("dpkg-query")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        bail!("vm-test needs a Debian-based host (dpkg-query not found)");
-    }
-    let missing: Vec<&str> = APT_PACKAGES
-        .iter()
-        .filter(|(pkg, _)| !is_installed(pkg))
-        .map(|(pkg, _)| *pkg)
-        .collect();
-    if !missing.is_empty() {
-        if !is_root() {
-            bail!(
-                "missing host packages {missing:?}, and not root to install them: run \
-                 `sudo apt-get install --no-install-recommends {}`",
-                missing.join(" ")
-            );
-        }
-        eprintln!("vm-test: installing host packages: {}", missing.join(" "));
-        apt_install(&missing)?;
-    }
+    let pkgs: Vec<&str> = APT_PACKAGES.iter().map(|(pkg, _)| *pkg).collect();
+    apt_install("vm-test", &pkgs)?;
     for (pkg, tool) in APT_PACKAGES {
         if !tool.is_empty() && which(tool).is_none() {
             bail!("`{tool}` (package {pkg}) is installed but not found in PATH");
@@ -147,24 +85,4 @@ pub fn ensure(paths: &Paths) -> anyhow::Result<Vng> {
         }
     }
     Ok(Vng { bin_dir, vng })
-}
-
-/// `which`: the first executable `name` in PATH (or `name` itself if it has a slash).
-pub fn which(name: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let is_exe = |p: &std::path::Path| {
-        p.metadata()
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
-    };
-    if name.contains('/') {
-        let p = PathBuf::from(name);
-        return is_exe(&p).then_some(p);
-    }
-    // sbin dirs too: depmod and bpftool live there, and a non-root PATH may lack them.
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| is_exe(p))
 }

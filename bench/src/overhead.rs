@@ -229,9 +229,9 @@ struct Sweep {
 
 fn one_round(cg: &TestCgroup, spec: &str) -> Result<Sweep> {
     let scan0 = memcg_uncharged(cg);
-    // This very binary, even if cargo replaced target/debug/xtask meanwhile.
+    // This very binary, even if cargo replaced it meanwhile.
     let mut cmd = Command::new("/proc/self/exe");
-    cmd.args(["bench", "--fault-workload", spec])
+    cmd.args(["--fault-workload", spec])
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
     let child = cg.spawn(&mut cmd)?;

@@ -1,4 +1,4 @@
-//! `cargo xtask bench`: how oomtrace does under an OOM storm, against the other ways of
+//! `cargo xtask bench` (this crate's binary): how oomtrace does under an OOM storm, against the other ways of
 //! seeing OOM kills, measured side by side in one run (this kind of machine is noisy):
 //!
 //! 1. capture: K kills within seconds across M memcgs; what oomtrace, bpftrace
@@ -16,7 +16,7 @@
 /// Progress on stderr, with the time since the bench started.
 macro_rules! say {
     ($($arg:tt)*) => {
-        eprintln!("[{:>6.1}s] bench: {}", $crate::bench::util::since_start(), format_args!($($arg)*))
+        eprintln!("[{:>6.1}s] bench: {}", $crate::util::since_start(), format_args!($($arg)*))
     };
 }
 
@@ -33,7 +33,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use util::{median, mib, r3};
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Parser, Debug)]
+#[command(about = "oomtrace under OOM storms, side by side with other tools")]
 pub struct Args {
     /// Kills per storm, comma-separated (one storm each). Default 200,2000 (50 with --quick).
     #[arg(long, value_delimiter = ',')]
@@ -54,14 +55,16 @@ pub struct Args {
     /// MiB written per overhead round. Default 1024 (512 with --quick).
     #[arg(long)]
     overhead_mib: Option<usize>,
-    /// Pods in the index for the daemon memory measurement.
+    /// Pods in the index for the large daemon memory measurement (the small one is a full node,
+    /// 110 pods).
     #[arg(long, default_value_t = 10_000)]
     pods: usize,
     /// Where to write the results.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Run only these parts: capture (storms), latency (isolated kills), overhead, daemon.
-    #[arg(long, value_delimiter = ',', value_parser = ["capture", "latency", "overhead", "daemon"])]
+    /// Run only these parts: capture (storms), latency (isolated kills), overhead, daemon,
+    /// image (the container image's size; `cargo xtask bench` builds the image first).
+    #[arg(long, value_delimiter = ',', value_parser = ["capture", "latency", "overhead", "daemon", "image"])]
     only: Option<Vec<String>>,
     /// Also write every storm's raw observations (oomtrace events with their read times,
     /// bpftrace lines, kernel log lines) to this directory, for digging into a result.
@@ -84,15 +87,8 @@ pub struct Ctx {
     pub dump: Option<PathBuf>,
 }
 
-fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn cargo() -> Command {
-    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-}
-
-pub fn run(args: Args) -> Result<()> {
+fn main() -> Result<()> {
+    let args = <Args as clap::Parser>::parse();
     if let Some(spec) = &args.fault_workload {
         return overhead::workload(spec);
     }
@@ -105,10 +101,9 @@ pub fn run(args: Args) -> Result<()> {
     }
     let started = Instant::now();
     util::since_start();
-    let root = workspace_root();
+    let root = xtask::workspace_root();
     if !args.no_build {
-        crate::setup::run()?;
-        crate::setup::status(cargo().current_dir(&root).args([
+        xtask::sys::status(xtask::sys::cargo().current_dir(&root).args([
             "build",
             "--release",
             "-p",
@@ -214,17 +209,31 @@ pub fn run(args: Args) -> Result<()> {
         })
         .flatten();
     util::check_interrupted()?;
-    let pods = want("daemon")
+    // A full node (kubelet's default maximum of 110 pods), also under churn, then a large index.
+    let mut pods = Vec::new();
+    for (n, churn) in [(FULL_NODE_PODS, Some(CHURN_PER_S)), (args.pods, None)] {
+        util::check_interrupted()?;
+        if !want("daemon") {
+            break;
+        }
+        match daemon::with_pods(&ctx, n, idle_window, churn) {
+            Ok(p) => pods.push(p),
+            Err(e) => failures.push(format!("daemon with {n} pods: {e:#}")),
+        }
+    }
+    results["daemon"] = json!({
+        "idle": idle.as_ref().map(daemon::Cost::json),
+        "pod_index": pods.iter().map(daemon::PodsResult::json).collect::<Vec<_>>(),
+        "bytes_per_pod": bytes_per_pod(&pods),
+    });
+    let image = want("image")
         .then(|| {
-            daemon::with_pods(&ctx, args.pods, idle_window)
-                .map_err(|e| failures.push(format!("daemon with {} pods: {e:#}", args.pods)))
+            xtask::image::size(xtask::image::TAG)
+                .map_err(|e| failures.push(format!("image size: {e:#}")))
                 .ok()
         })
         .flatten();
-    results["daemon"] = json!({
-        "idle": idle.as_ref().map(daemon::Cost::json),
-        "pod_index": pods.as_ref().map(daemon::PodsResult::json),
-    });
+    results["image"] = json!({ "tag": xtask::image::TAG, "size_bytes": image, "target_bytes": IMAGE_TARGET_BYTES });
     let secs = started.elapsed().as_secs_f64();
     results["duration_s"] = json!(r3(secs));
     results["failures"] = json!(failures);
@@ -235,7 +244,16 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(o) = &over {
         print_overhead(o);
     }
-    print_daemon(idle.as_ref(), pods.as_ref());
+    print_daemon(idle.as_ref(), &pods);
+    if let Some(bytes) = image {
+        let verdict = if bytes <= IMAGE_TARGET_BYTES { "within" } else { "OVER" };
+        println!(
+            "\nimage {}: {:.1} MB ({verdict} the {:.0} MB target)",
+            xtask::image::TAG,
+            bytes as f64 / 1e6,
+            IMAGE_TARGET_BYTES as f64 / 1e6
+        );
+    }
     println!("\nwritten to {} ({:.0} s)", out.display(), secs);
     for s in &storms {
         let ours = &s.observers[0];
@@ -254,6 +272,9 @@ pub fn run(args: Args) -> Result<()> {
     }
     Ok(())
 }
+
+/// The image is pulled onto every node: at most this big.
+const IMAGE_TARGET_BYTES: u64 = 20_000_000;
 
 /// Private copies of the binaries under test, removed when dropped.
 struct BinCopy(PathBuf);
@@ -479,12 +500,26 @@ fn print_overhead(o: &overhead::OverheadResult) {
     }
 }
 
-fn print_daemon(idle: Option<&daemon::Cost>, pods: Option<&daemon::PodsResult>) {
+/// Pods of a full node (kubelet's default `maxPods`).
+const FULL_NODE_PODS: usize = 110;
+/// Pod updates per second for the churn measurement.
+const CHURN_PER_S: u32 = 100;
+
+/// Resident bytes per indexed pod: the RSS difference between the largest and the smallest
+/// index, over their difference in pods (the fixed cost of the Kubernetes client cancels out).
+fn bytes_per_pod(pods: &[daemon::PodsResult]) -> Option<f64> {
+    let small = pods.iter().min_by_key(|p| p.pods)?;
+    let large = pods.iter().max_by_key(|p| p.pods)?;
+    (large.pods > small.pods)
+        .then(|| (large.cost.rss as f64 - small.cost.rss as f64) / (large.pods - small.pods) as f64)
+}
+
+fn print_daemon(idle: Option<&daemon::Cost>, pods: &[daemon::PodsResult]) {
     println!("\n== daemon cost (`oomtrace watch`) ==");
     if let Some(c) = idle {
         println!("idle, no Kubernetes:        {}", c.show());
     }
-    if let Some(p) = pods {
+    for p in pods {
         println!(
             "{:>6} pods on the node:     {} (synced in {:.1} s; pods JSON {:.1} MiB in one LIST page; RSS delta vs idle {})",
             p.pods,
@@ -493,5 +528,19 @@ fn print_daemon(idle: Option<&daemon::Cost>, pods: Option<&daemon::PodsResult>) 
             mib(p.list_json_bytes as u64),
             idle.map(|c| format!("{:+.1} MiB", mib(p.cost.rss) - mib(c.rss))).unwrap_or_default()
         );
+        if let Some(c) = &p.churn {
+            println!(
+                "{:>6} pods, {:.0} updates/s:   CPU {:.2}% ({:.2} s over {:.0} s), VmRSS after {:.1} MiB",
+                p.pods,
+                c.rate(),
+                c.cpu_pct(),
+                c.cpu_s,
+                c.window_s,
+                mib(c.rss_after)
+            );
+        }
+    }
+    if let Some(b) = bytes_per_pod(pods) {
+        println!("cost per indexed pod:       {:.2} KiB", b / 1024.0);
     }
 }

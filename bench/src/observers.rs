@@ -292,7 +292,7 @@ pub fn ensure_bpftrace() -> Result<()> {
     if have.is_ok_and(|s| s.success()) {
         return Ok(());
     }
-    crate::setup::apt_install(&["bpftrace"])
+    xtask::sys::apt_install("bench", &["bpftrace"])
 }
 
 /// Mounts tracefs at /sys/kernel/tracing if it is not there (bpftrace needs it); unmounts
@@ -346,7 +346,7 @@ impl OomkillTool {
             return Self::Unavailable(format!("n/a (no kprobes: {TRACEFS}/kprobe_events absent)"));
         }
         if !bin.exists() {
-            if let Err(e) = crate::setup::apt_install(&["libbpf-tools"]) {
+            if let Err(e) = xtask::sys::apt_install("bench", &["libbpf-tools"]) {
                 return Self::Unavailable(format!("n/a (installing libbpf-tools failed: {e:#})"));
             }
         }

@@ -1,5 +1,6 @@
-//! Daemon cost: idle CPU and memory of `oomtrace watch`, without Kubernetes and with a
-//! 10 000-pod index served by the test API server.
+//! Daemon cost: idle CPU and memory of `oomtrace watch`, without Kubernetes and with pod
+//! indexes of a full node (110 pods, kubelet's default maximum) and of 10 000 pods served by the
+//! test API server, and its CPU under a churn of pod updates.
 use super::observers::OomtraceWatch;
 use super::util::{check_interrupted, cpu_seconds, mib, r3, sleep, status_kb};
 use super::Ctx;
@@ -91,6 +92,36 @@ pub fn idle(ctx: &Ctx, window: Duration) -> Result<Cost> {
     measure(w.proc.pid(), window)
 }
 
+/// CPU of the daemon while the API server changes pods at a steady rate.
+pub struct Churn {
+    pub updates: usize,
+    pub window_s: f64,
+    pub cpu_s: f64,
+    /// VmRSS right after the churn.
+    pub rss_after: u64,
+}
+
+impl Churn {
+    pub fn rate(&self) -> f64 {
+        self.updates as f64 / self.window_s
+    }
+
+    pub fn cpu_pct(&self) -> f64 {
+        self.cpu_s / self.window_s * 100.0
+    }
+
+    pub fn json(&self) -> Value {
+        json!({
+            "updates": self.updates,
+            "window_s": r3(self.window_s),
+            "updates_per_s": r3(self.rate()),
+            "cpu_s": r3(self.cpu_s),
+            "cpu_pct": r3(self.cpu_pct()),
+            "vm_rss_after_bytes": self.rss_after,
+        })
+    }
+}
+
 pub struct PodsResult {
     pub pods: usize,
     /// Size of the pods on this node as JSON (what one unpaginated LIST carries; the test API
@@ -100,6 +131,7 @@ pub struct PodsResult {
     pub sync_s: f64,
     pub synced_line: String,
     pub cost: Cost,
+    pub churn: Option<Churn>,
 }
 
 impl PodsResult {
@@ -112,13 +144,15 @@ impl PodsResult {
             "time_to_sync_s": r3(self.sync_s),
             "synced_log": self.synced_line,
             "cost": self.cost.json(),
+            "churn": self.churn.as_ref().map(Churn::json),
         })
     }
 }
 
 /// A realistic pod: 1–3 containers with containerd IDs, limits/requests per QoS class,
-/// owned by a Deployment's ReplicaSet.
-fn bench_pod(i: usize, node: &str) -> impl serde::Serialize {
+/// owned by a Deployment's ReplicaSet. Each `generation` gives its containers new IDs (they
+/// restarted), so the index's container-ID history moves.
+fn bench_pod(i: usize, node: &str, generation: usize) -> impl serde::Serialize {
     let ns = format!("team-{:03}", i % 120);
     let app = format!("svc-{:04}", i / 8);
     let hash = format!("{:010x}", (i as u64 / 8).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 24);
@@ -135,7 +169,7 @@ fn bench_pod(i: usize, node: &str) -> impl serde::Serialize {
         format!(
             "containerd://{:016x}{:016x}{:016x}{:016x}",
             i,
-            k,
+            k + generation * 8,
             i * 31 + k,
             (i as u64) ^ 0xdead_beef
         )
@@ -167,17 +201,18 @@ fn bench_pod(i: usize, node: &str) -> impl serde::Serialize {
 }
 
 /// `oomtrace watch --kubeconfig …` against the test API server holding `n` pods on this
-/// node: time to sync, then RSS once settled, and idle CPU.
-pub fn with_pods(ctx: &Ctx, n: usize, window: Duration) -> Result<PodsResult> {
+/// node: time to sync, then RSS once settled, and idle CPU; then, with `churn_per_s`, its CPU
+/// while the server updates that many pods per second (round robin) for `window`.
+pub fn with_pods(ctx: &Ctx, n: usize, window: Duration, churn_per_s: Option<u32>) -> Result<PodsResult> {
     say!("daemon with a {n}-pod index (test API server)");
     let node = "oomtrace-bench-node".to_string();
     let api = ApiServer::start();
     for i in 0..n {
-        api.add_pod(bench_pod(i, &node));
+        api.add_pod(bench_pod(i, &node, 0));
     }
     // A few pods elsewhere, filtered out by the node field selector.
     for i in 0..100 {
-        api.add_pod(bench_pod(n + i, "some-other-node"));
+        api.add_pod(bench_pod(n + i, "some-other-node", 0));
     }
     let list_json_bytes: usize = api
         .pods()
@@ -221,6 +256,10 @@ pub fn with_pods(ctx: &Ctx, n: usize, window: Duration) -> Result<PodsResult> {
     }
     settle_rss(w.proc.pid(), Duration::from_secs(20))?;
     let cost = measure(w.proc.pid(), window)?;
+    let churn = match churn_per_s {
+        Some(rate) if n > 0 => Some(churn(&api, &node, n, rate, window, w.proc.pid())?),
+        _ => None,
+    };
     drop(w);
     drop(api);
     Ok(PodsResult {
@@ -230,6 +269,34 @@ pub fn with_pods(ctx: &Ctx, n: usize, window: Duration) -> Result<PodsResult> {
         sync_s,
         synced_line,
         cost,
+        churn,
+    })
+}
+
+/// Updates `rate` pods per second, paced, for `window`, and measures the daemon's CPU over it.
+fn churn(api: &ApiServer, node: &str, n: usize, rate: u32, window: Duration, pid: u32) -> Result<Churn> {
+    say!("daemon under {rate} pod updates/s ({} s)", window.as_secs());
+    let every = Duration::from_secs(1) / rate.max(1);
+    let c0 = cpu_seconds(pid)?;
+    let t0 = Instant::now();
+    let mut updates = 0;
+    while t0.elapsed() < window {
+        check_interrupted()?;
+        if api.update_pod(bench_pod(updates % n, node, 1 + updates / n)).is_none() {
+            bail!("the test API server lost pod {}", updates % n);
+        }
+        updates += 1;
+        if let Some(wait) = (t0 + every * updates as u32).checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    let window_s = t0.elapsed().as_secs_f64();
+    let cpu_s = cpu_seconds(pid)? - c0;
+    Ok(Churn {
+        updates,
+        window_s,
+        cpu_s,
+        rss_after: status_kb(pid, "VmRSS")?,
     })
 }
 

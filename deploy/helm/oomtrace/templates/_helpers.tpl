@@ -1,0 +1,3 @@
+{{- define "oomtrace.labels" -}}
+app.kubernetes.io/name: oomtrace
+{{- end -}}

@@ -1,0 +1,378 @@
+//! The plain types of what oomtrace reports: the OOM kill event and its sections. No stage
+//! lives here and this module imports none, so every stage can depend on it.
+//!
+//! Field names are stable (versioned by `schema`); a value the kernel did not give us is `null`,
+//! never 0, and each section says how its values were obtained (`source`).
+use serde::{Deserialize, Serialize};
+
+pub const SCHEMA: &str = "oomtrace.oom_kill/v1";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OomKill {
+    pub schema: String,
+    /// When the kernel marked the victim (RFC 3339, nanoseconds, UTC).
+    pub time: String,
+    pub node: String,
+    pub victim: Victim,
+    pub trigger: Trigger,
+    pub oom: Oom,
+    pub cgroup: VictimCgroup,
+    /// The OOM this victim belongs to (several victims for a group kill).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incident: Option<Incident>,
+    /// One line saying why (see `explain::verdict` for the rules).
+    pub verdict: Option<String>,
+    /// Pod and container of the victim, when it lived under kubepods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k8s: Option<K8s>,
+    /// OpenTelemetry semantic-convention keys (`k8s.pod.name`, `process.pid`, …), so log
+    /// pipelines map the event without rules.
+    #[serde(default)]
+    pub resource: std::collections::BTreeMap<String, serde_json::Value>,
+    /// Events dropped (ring buffer full) since the previous event was printed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_events: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Victim {
+    pub pid: Option<u32>,
+    pub tgid: Option<u32>,
+    pub comm: Option<String>,
+    pub uid: Option<u32>,
+    /// pid inside the victim's own pid namespace.
+    pub ns_pid: Option<u32>,
+    pub oom_score_adj: Option<i32>,
+    pub total_vm_bytes: Option<u64>,
+    pub rss_anon_bytes: Option<u64>,
+    pub rss_file_bytes: Option<u64>,
+    pub rss_shmem_bytes: Option<u64>,
+    pub swap_bytes: Option<u64>,
+    pub pgtables_bytes: Option<u64>,
+    /// For a victim inside a Kubernetes container: whether it was the container's main
+    /// process (PID 1 of its pid namespace: the container restarts) or not (the pod keeps
+    /// running and only this event tells).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_init: Option<bool>,
+    /// The victim's language runtime and its memory ceiling; null when not recognised.
+    pub runtime: Option<Runtime>,
+    /// The victim's command line was read from procfs at the kill, so what it said (a runtime
+    /// or none) stands; the pod spec is asked only when it was not.
+    #[serde(skip)]
+    pub cmdline_read: bool,
+    /// `tp_btf:task_struct` (read from the victim's task) or `tracepoint:record`.
+    pub source: String,
+}
+
+/// A language runtime whose memory ceiling decides many container OOM kills.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeName {
+    Jvm,
+    Node,
+    Go,
+    Python,
+}
+
+impl RuntimeName {
+    /// As the event names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeName::Jvm => "jvm",
+            RuntimeName::Node => "node",
+            RuntimeName::Go => "go",
+            RuntimeName::Python => "python",
+        }
+    }
+}
+
+/// Where the runtime's settings were read.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeSource {
+    /// `/proc/<pid>/cmdline` and `environ` of the victim, read as the kill was seen.
+    Procfs,
+    /// The container's command, args and env in the pod spec (the pod index).
+    PodSpec,
+}
+
+/// The victim's runtime and the ceiling its settings give (see `runtime`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Runtime {
+    pub name: RuntimeName,
+    /// The JVM's max heap, V8's max old space or GOMEMLIMIT, in bytes; null for Python (no
+    /// ceiling), for Go without GOMEMLIMIT, and when the settings cannot be read.
+    pub heap_max_bytes: Option<u64>,
+    /// What gives the ceiling, as written (`-XX:MaxRAMPercentage=90`, with the variable it
+    /// came from), or `default (…)` / `none (…)`.
+    pub setting: String,
+    pub source: RuntimeSource,
+    /// The same, for the verdict.
+    #[serde(skip)]
+    pub ceiling: Ceiling,
+}
+
+/// Whether the runtime has a ceiling, and what sets it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Ceiling {
+    /// `heap_max_bytes` is the ceiling; `knob` is what to change.
+    Set(Knob),
+    /// The runtime runs without one (Python; Go without GOMEMLIMIT).
+    None,
+    /// Set where it cannot be read (an options file, a `valueFrom`, the JVM's view of the
+    /// node's memory), or not modelled (V8's own default).
+    #[default]
+    Unknown,
+}
+
+/// A setting a recommendation can name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Knob {
+    /// As `oom.recommendation.setting` names it: `MaxRAMPercentage`, `Xmx`, `GOMEMLIMIT`, …
+    pub name: &'static str,
+    /// As it is written on a command line or in the environment: `-XX:MaxRAMPercentage`.
+    pub flag: &'static str,
+    /// Its value now, as written (`90`, `512m`).
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Trigger {
+    pub pid: Option<u32>,
+    pub tgid: Option<u32>,
+    pub comm: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Oom {
+    /// `memcg`, `global`, `cpuset` or `mempolicy`.
+    pub constraint: Option<String>,
+    /// Path of the cgroup whose limit was hit (`/` for a global OOM).
+    pub cgroup: Option<String>,
+    pub cgroup_id: Option<u64>,
+    pub limit_bytes: Option<u64>,
+    pub usage_bytes: Option<u64>,
+    pub swap_limit_bytes: Option<u64>,
+    /// Allocation order and GFP mask of the failed allocation (oom_control hook only).
+    pub order: Option<i32>,
+    pub gfp_mask: Option<String>,
+    /// Size of the OOM domain (RAM + swap of the node or the cgroup) the kernel scored
+    /// victims against, in bytes. This is not the victim's memory.
+    pub domain_bytes: Option<u64>,
+    /// Sequence number of the OOM invocation (victims of one OOM share it).
+    pub invocation: Option<u64>,
+    /// `memory.oom.group` is set on the victim's cgroup or an ancestor within the OOM domain:
+    /// the kernel kills the whole group.
+    pub group_kill: Option<bool>,
+    /// Breakdown, top tasks and pressure of the OOM cgroup (see `explain`).
+    #[serde(flatten)]
+    pub details: Explanation,
+    /// What to change, when the evidence names it (see `explain::verdict`).
+    pub recommendation: Option<Recommendation>,
+    /// How the values were obtained: `kernel:oom_control` (fentry/kprobe on
+    /// oom_kill_process), `kernel:memcg` (the victim's memcg ancestry read in the kernel at
+    /// the kill), `cgroupfs` (read from cgroupfs right after the kill), or `unknown`.
+    pub source: String,
+}
+
+/// What to change so the kill does not come back, from the evidence of this one.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Recommendation {
+    pub action: String,
+    /// The finding the action answers.
+    pub reason: String,
+    /// The setting to change (`MaxRAMPercentage`, `Xmx`, `max-old-space-size`, `GOMEMLIMIT`).
+    pub setting: Option<String>,
+    /// A memory limit the container needs at least, when the evidence gives one (the
+    /// configured ceiling, when it is not below the limit).
+    pub limit_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct CgroupRef {
+    pub id: Option<u64>,
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct VictimCgroup {
+    /// The victim's cgroup v2 (unified hierarchy) cgroup.
+    pub id: Option<u64>,
+    pub path: Option<String>,
+    /// The victim's memory cgroup (the v1 memory hierarchy on hybrid hosts; on pure
+    /// cgroup v2 the nearest cgroup with the memory controller).
+    pub memory: CgroupRef,
+    /// `kernel` (read from the task at the kill) or `procfs` (/proc/<pid>/cgroup after it).
+    pub source: String,
+}
+
+/// A task's RSS: anon + file + shmem (saturating: the parts come from the kernel).
+pub fn rss_total(anon: u64, file: u64, shmem: u64) -> u64 {
+    anon.saturating_add(file).saturating_add(shmem)
+}
+
+impl Victim {
+    /// The victim's RSS at the kill, when all three parts are known.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        Some(rss_total(
+            self.rss_anon_bytes?,
+            self.rss_file_bytes?,
+            self.rss_shmem_bytes?,
+        ))
+    }
+}
+
+impl OomKill {
+    /// The kernel's timestamp of the kill as a `SystemTime`.
+    pub fn killed_at(&self) -> Option<std::time::SystemTime> {
+        let t = chrono::DateTime::parse_from_rfc3339(&self.time).ok()?;
+        let ns = t.timestamp_nanos_opt()?;
+        Some(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(u64::try_from(ns).ok()?))
+    }
+
+    /// Fills `resource` from the event (call after Kubernetes attribution).
+    pub fn fill_resource(&mut self) {
+        use serde_json::Value;
+        let mut r = std::collections::BTreeMap::new();
+        let mut put = |k: &str, v: Option<Value>| {
+            if let Some(v) = v {
+                r.insert(k.to_string(), v);
+            }
+        };
+        put("host.name", Some(self.node.clone().into()));
+        put("process.pid", self.victim.pid.map(Into::into));
+        put(
+            "process.executable.name",
+            self.victim.comm.clone().map(Into::into),
+        );
+        if let Some(k) = &self.k8s {
+            put("k8s.node.name", k.node.clone().map(Into::into));
+            put("k8s.namespace.name", k.namespace.clone().map(Into::into));
+            put("k8s.pod.name", k.pod.clone().map(Into::into));
+            put("k8s.pod.uid", k.pod_uid.clone().map(Into::into));
+            put("k8s.container.name", k.container.clone().map(Into::into));
+            put("container.id", k.container_id.clone().map(Into::into));
+            put("container.runtime", k.runtime.clone().map(Into::into));
+        }
+        self.resource = r;
+    }
+}
+
+/// What the explanation adds under `oom`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct MemoryStat {
+    pub anon_bytes: Option<u64>,
+    pub file_bytes: Option<u64>,
+    pub kernel_bytes: Option<u64>,
+    pub slab_bytes: Option<u64>,
+    pub sock_bytes: Option<u64>,
+    pub shmem_bytes: Option<u64>,
+    pub file_mapped_bytes: Option<u64>,
+    pub file_dirty_bytes: Option<u64>,
+    pub file_writeback_bytes: Option<u64>,
+    pub swap_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Pressure {
+    pub some_avg10: Option<f64>,
+    pub full_avg10: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TaskRss {
+    pub pid: u32,
+    pub comm: String,
+    pub rss_bytes: u64,
+    pub rss_anon_bytes: u64,
+    pub rss_file_bytes: u64,
+    pub rss_shmem_bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Explanation {
+    pub memory_stat: Option<MemoryStat>,
+    pub swap_usage_bytes: Option<u64>,
+    pub high_bytes: Option<u64>,
+    pub pressure: Option<Pressure>,
+    /// Largest tasks of the OOM cgroup; the victim with its RSS at the kill.
+    pub tasks: Vec<TaskRss>,
+    /// `cgroupfs+procfs` (read right after the kill); null when nothing was gathered.
+    pub details_source: Option<String>,
+    /// How long after the kill the details were read.
+    pub details_after_ms: Option<f64>,
+}
+
+/// The OOM incident a victim belongs to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Incident {
+    pub id: String,
+    /// Victims of this incident.
+    pub victims: u32,
+    /// This victim's position (1-based).
+    pub index: u32,
+}
+
+/// The pod and container of the victim.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct K8s {
+    /// The pod index knew the pod (live or recently deleted).
+    pub resolved: bool,
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub pod_uid: Option<String>,
+    pub container: Option<String>,
+    pub container_id: Option<String>,
+    /// Which list of the pod spec names the container (for the Event's `fieldPath`).
+    #[serde(skip)]
+    pub container_kind: Option<ContainerKind>,
+    /// Container runtime named by the cgroup (`containerd`, `cri-o`, `docker`).
+    pub runtime: Option<String>,
+    pub node: Option<String>,
+    pub qos_class: Option<String>,
+    pub owner: Option<OwnerRef>,
+    /// The container's declared `resources.limits.memory` / `requests.memory`.
+    pub limits_memory_bytes: Option<u64>,
+    pub requests_memory_bytes: Option<u64>,
+    /// Which kubelet cgroup the victim lived in: `container`, `container_child`, `pod`, …
+    pub cgroup_level: String,
+    /// The pod had already been deleted from the API server (answered from a tombstone).
+    pub pod_deleted: bool,
+}
+
+/// The kind of a container within its pod: the pod spec's list that names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum ContainerKind {
+    Init,
+    Regular,
+    Ephemeral,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OwnerRef {
+    pub kind: String,
+    pub name: String,
+}
+
+/// A kill built from JSON over a minimal valid base, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_kill(over: serde_json::Value) -> OomKill {
+    let mut base = serde_json::json!({
+        "schema": SCHEMA, "time": "2026-01-01T00:00:00.000000000Z", "node": "node-1",
+        "victim": {"source": "test"}, "trigger": {},
+        "oom": {"source": "test"}, "cgroup": {"memory": {}, "source": "test"}
+    });
+    fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
+        match (a, b) {
+            (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+                for (k, v) in b {
+                    merge(a.entry(k).or_insert(serde_json::Value::Null), v);
+                }
+            }
+            (a, b) => *a = b,
+        }
+    }
+    merge(&mut base, over);
+    serde_json::from_value(base).expect("valid test kill")
+}

@@ -1,0 +1,373 @@
+//! The capture path, read top to bottom:
+//!
+//! 1. the ring reader ([`read_ring`]) only drains the BPF ring buffer into a bounded queue, so
+//!    no slow step after it can make the kernel drop a record (a full queue is counted);
+//! 2. decode the kernel record: first the victim's cmdline and environ from procfs (its
+//!    runtime, see [`crate::runtime`]; they are gone within milliseconds of the kill), then
+//!    the OOM domain ([`Decoder`]);
+//! 3. attribution to a pod and container, and the pod spec's runtime settings when procfs
+//!    was too late ([`Attributor`]);
+//! 4. the explanation, read off the async runtime within a per-event [`Budget`];
+//! 5. incidents: the victims of one OOM held together ([`Incidents`]);
+//! 6. the sinks, in kill order.
+//!
+//! The counters are exported every second by a task of their own ([`export_counters`]), so
+//! they stay fresh while a stage is slow. On SIGINT/SIGTERM the reader empties the ring,
+//! then the stages finish within [`EXIT_DEADLINE`]; what is left is counted and logged.
+use crate::cgroup_fs::Hierarchies;
+use crate::event::Decoder;
+use crate::model::OomKill;
+use crate::record::Record;
+use crate::explain::Budget;
+use crate::incident::Incidents;
+use crate::k8s::attribution::Attributor;
+use crate::pressure::MemoryPressure;
+use crate::tracer::{Counters, KernelCounters, Options, Tracer};
+use anyhow::Result;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, watch};
+
+/// Records the queue between the ring reader and the stages holds (the ring holds ~950).
+pub const QUEUE: usize = 16 * 1024;
+/// From SIGTERM until the stages must be done; the sinks then get [`FINISH`] to deliver what
+/// they still hold. Both together stay under the DaemonSet's 30 s termination grace period.
+pub const EXIT_DEADLINE: Duration = Duration::from_secs(20);
+pub const FINISH: Duration = Duration::from_secs(5);
+/// How often the ring reader reports in when the ring is quiet.
+const READER_TICK: Duration = Duration::from_millis(500);
+
+/// Where a stream of kills goes; `watch` prints them, the daemon fans them out.
+pub trait Sink {
+    /// The programs are attached with these hooks.
+    fn attached(&mut self, _strategy: &str) {}
+    /// Delivers one kill; false to stop. A delivery that failed is counted by the sink and
+    /// never ends the stream.
+    fn kill(&mut self, ev: &OomKill) -> bool;
+    /// A memory cgroup reclaiming at its limit (only with warnings enabled).
+    fn pressure(&mut self, _p: &MemoryPressure) {}
+    /// Before exit: deliver what is still held, by `deadline`.
+    fn finish(&mut self, _deadline: Instant) {}
+}
+
+/// What each stage counts, shared with the exporter (lock-free, never waits on a stage).
+#[derive(Debug)]
+pub struct Stats {
+    start: Instant,
+    /// When the ring reader last ran, in ms since `start`.
+    reader_ran_ms: AtomicU64,
+    /// Kill records dropped because the queue was full.
+    pub queue_lost_kills: AtomicU64,
+    pub queue_lost_invocation_ends: AtomicU64,
+    pub queue_lost_warnings: AtomicU64,
+    /// Ring records of unknown kind or too short (a program/daemon mismatch).
+    pub malformed: AtomicU64,
+    /// Kills handed to the sinks.
+    pub emitted: AtomicU64,
+    /// Kills whose explanation was cut short by its budget.
+    pub explain_overruns: AtomicU64,
+    /// Kills still in the queue or held when the exit deadline passed.
+    pub exit_lost: AtomicU64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            start: Instant::now(),
+            reader_ran_ms: AtomicU64::new(0),
+            queue_lost_kills: AtomicU64::new(0),
+            queue_lost_invocation_ends: AtomicU64::new(0),
+            queue_lost_warnings: AtomicU64::new(0),
+            malformed: AtomicU64::new(0),
+            emitted: AtomicU64::new(0),
+            explain_overruns: AtomicU64::new(0),
+            exit_lost: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Stats {
+    fn reader_ran(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.reader_ran_ms.store(ms, Relaxed);
+    }
+
+    /// How long ago the ring reader last ran.
+    pub fn reader_idle(&self) -> Duration {
+        let ran = Duration::from_millis(self.reader_ran_ms.load(Relaxed));
+        self.start.elapsed().saturating_sub(ran)
+    }
+}
+
+/// The kernel's counters with the stages', once a second.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Snapshot {
+    pub kernel: Counters,
+    pub queue_lost_kills: u64,
+    pub queue_lost_invocation_ends: u64,
+    pub queue_lost_warnings: u64,
+    pub malformed: u64,
+    pub emitted: u64,
+    pub explain_overruns: u64,
+    pub exit_lost: u64,
+}
+
+impl Snapshot {
+    fn of(kernel: Counters, s: &Stats) -> Self {
+        Self {
+            kernel,
+            queue_lost_kills: s.queue_lost_kills.load(Relaxed),
+            queue_lost_invocation_ends: s.queue_lost_invocation_ends.load(Relaxed),
+            queue_lost_warnings: s.queue_lost_warnings.load(Relaxed),
+            malformed: s.malformed.load(Relaxed),
+            emitted: s.emitted.load(Relaxed),
+            explain_overruns: s.explain_overruns.load(Relaxed),
+            exit_lost: s.exit_lost.load(Relaxed),
+        }
+    }
+}
+
+/// Stage 1: drains the ring into `queue` until `stop`, then detaches, empties the ring and
+/// returns how many kill records the stages no longer took.
+async fn read_ring(
+    mut tracer: Tracer,
+    queue: mpsc::Sender<Record>,
+    stats: Arc<Stats>,
+    mut stop: watch::Receiver<bool>,
+) -> u64 {
+    let mut batch = Vec::new();
+    loop {
+        stats.reader_ran();
+        tokio::select! {
+            r = tokio::time::timeout(READER_TICK, tracer.next_batch(&mut batch)) => {
+                if let Ok(Err(e)) = r {
+                    tracing::error!("reading the ring buffer: {e:#}");
+                    tokio::time::sleep(READER_TICK).await;
+                }
+            }
+            _ = stop.changed() => break,
+        }
+        forward(&mut batch, &queue, &stats);
+        stats.malformed.store(tracer.malformed, Relaxed);
+    }
+    tracer.detach();
+    tracer.drain_now(&mut batch);
+    stats.malformed.store(tracer.malformed, Relaxed);
+    let mut unsent = 0;
+    for rec in batch.drain(..) {
+        if let Err(mpsc::error::SendError(rec)) = queue.send(rec).await {
+            unsent += u64::from(matches!(rec, Record::Victim(_)));
+        }
+    }
+    stats.reader_ran();
+    unsent
+}
+
+/// Queues `batch` without waiting; a full queue drops the record and counts it by kind.
+fn forward(batch: &mut Vec<Record>, queue: &mpsc::Sender<Record>, stats: &Stats) {
+    for rec in batch.drain(..) {
+        if let Err(mpsc::error::TrySendError::Full(rec) | mpsc::error::TrySendError::Closed(rec)) =
+            queue.try_send(rec)
+        {
+            match rec {
+                Record::Victim(_) => &stats.queue_lost_kills,
+                Record::InvocationEnd(_) => &stats.queue_lost_invocation_ends,
+                Record::Pressure(_) => &stats.queue_lost_warnings,
+            }
+            .fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// Reads the kernel's counters and the stages' every second and hands them to `export`.
+fn export_counters(
+    counters: Arc<KernelCounters>,
+    stats: Arc<Stats>,
+    mut export: impl FnMut(&Snapshot) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            export_once(&counters, &stats, &mut export);
+        }
+    })
+}
+
+fn export_once(
+    counters: &KernelCounters,
+    stats: &Stats,
+    export: &mut impl FnMut(&Snapshot),
+) -> Option<Snapshot> {
+    match counters.read() {
+        Ok(k) => {
+            let s = Snapshot::of(k, stats);
+            export(&s);
+            Some(s)
+        }
+        Err(e) => {
+            tracing::warn!("reading the kernel counters: {e:#}");
+            None
+        }
+    }
+}
+
+/// Stage 4: the explanation, read on the blocking pool and given up after its budget (the
+/// kill then goes out with the verdict alone; the overrun is counted).
+async fn explain(
+    ev: &OomKill,
+    h: Option<&Hierarchies>,
+    budget: Budget,
+    stats: &Stats,
+) -> Option<crate::model::Explanation> {
+    let h = h?.clone();
+    let snapshot = ev.clone();
+    let killed_at = ev.killed_at().unwrap_or_else(std::time::SystemTime::now);
+    let job = tokio::task::spawn_blocking(move || {
+        crate::explain::gather(&snapshot, &h, killed_at, budget)
+    });
+    // The walk stops itself at the budget; the margin is for one blocking read that hangs.
+    match tokio::time::timeout(budget.time * 2, job).await {
+        Ok(Ok(Some((x, cut)))) => {
+            if cut {
+                stats.explain_overruns.fetch_add(1, Relaxed);
+            }
+            Some(x)
+        }
+        Ok(Ok(None)) => None,
+        Ok(Err(e)) => {
+            tracing::warn!("explaining a kill failed: {e}");
+            None
+        }
+        Err(_) => {
+            stats.explain_overruns.fetch_add(1, Relaxed);
+            None
+        }
+    }
+}
+
+/// Runs the tracer until SIGINT/SIGTERM or until the sink says stop. Announces on stderr
+/// once the programs are attached, so people and scripts know it is live.
+pub async fn trace(
+    opts: &Options,
+    attributor: &Attributor,
+    sink: &mut dyn Sink,
+    stats: Arc<Stats>,
+    export: impl FnMut(&Snapshot) + Clone + Send + 'static,
+) -> Result<()> {
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let (tracer, counters) = Tracer::start(opts)?;
+    let hierarchies = Hierarchies::detect()
+        .inspect_err(|e| tracing::warn!("cannot read cgroup mounts: {e:#}"))
+        .ok();
+    let node = crate::node_name();
+    let mut decoder = Decoder::new(node.clone(), hierarchies.clone());
+    let mut incidents = Incidents::default();
+    sink.attached(&tracer.strategy);
+    eprintln!("watching for OOM kills (strategy: {})", tracer.strategy);
+
+    let (tx, mut rx) = mpsc::channel(QUEUE);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let reader = tokio::spawn(read_ring(tracer, tx, stats.clone(), stop_rx));
+    let counters = Arc::new(counters);
+    let exporter = export_counters(counters.clone(), stats.clone(), export.clone());
+    let budget = Budget::default();
+    let mut lost_attached = 0u64; // kills lost already reported on an event
+    let mut exit_by: Option<Instant> = None;
+    let mut stopped = false;
+    'run: loop {
+        let hold = incidents.deadline();
+        let mut ready = Vec::new();
+        tokio::select! {
+            rec = rx.recv() => match rec {
+                Some(Record::Victim(raw)) => {
+                    let kernel_lost = counters.read().map(|c| c.lost).unwrap_or(0);
+                    let lost_now = kernel_lost.saturating_add(stats.queue_lost_kills.load(Relaxed));
+                    let mut ev = decoder.decode(&raw, lost_now.saturating_sub(lost_attached));
+                    lost_attached = lost_now;
+                    attributor.enrich(&mut ev);
+                    let details = explain(&ev, hierarchies.as_ref(), budget, &stats).await;
+                    crate::explain::apply(&mut ev, details);
+                    ev.fill_resource();
+                    ready.extend(incidents.push(ev, Instant::now()));
+                }
+                Some(Record::InvocationEnd(end)) => ready.extend(incidents.invocation_end(end.seq)),
+                Some(Record::Pressure(raw)) => {
+                    if let Some(mut p) = crate::pressure::decode(&raw, &node, decoder.page_size()) {
+                        p.k8s = attributor.for_path(&p.cgroup, &node);
+                        tokio::task::block_in_place(|| sink.pressure(&p));
+                    }
+                }
+                None => break 'run, // the reader emptied the ring after a stop
+            },
+            _ = sleep_until(hold) => ready.extend(incidents.due(Instant::now())),
+            _ = sleep_until(exit_by) => break 'run,
+            _ = sigint.recv(), if exit_by.is_none() => exit_by = Some(stop(&stop_tx)),
+            _ = sigterm.recv(), if exit_by.is_none() => exit_by = Some(stop(&stop_tx)),
+        }
+        for ev in ready {
+            stats.emitted.fetch_add(1, Relaxed);
+            if !tokio::task::block_in_place(|| sink.kill(&ev)) {
+                stopped = true;
+                break 'run;
+            }
+        }
+    }
+    if !stopped {
+        for ev in incidents.flush() {
+            stats.emitted.fetch_add(1, Relaxed);
+            if !tokio::task::block_in_place(|| sink.kill(&ev)) {
+                break;
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
+    // Kill records that never reached a sink (the deadline passed): still queued, or not
+    // taken from the reader any more.
+    rx.close();
+    let mut left = 0;
+    while let Ok(rec) = rx.try_recv() {
+        left += u64::from(matches!(rec, Record::Victim(_)));
+    }
+    left += tokio::time::timeout(FINISH, reader)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(0);
+    if left > 0 && !stopped {
+        stats.exit_lost.fetch_add(left, Relaxed);
+        tracing::warn!("{left} kills still queued at the exit deadline were not delivered");
+    }
+    tokio::task::block_in_place(|| sink.finish(Instant::now() + FINISH));
+    exporter.abort();
+    // The reader detached the programs and emptied the rings: the counters are final.
+    let mut export = export;
+    if let Some(s) = export_once(&counters, &stats, &mut export) {
+        tracing::info!(
+            "stopping: the kernel saw {} victims; {} emitted, lost {} in the kernel, {} in the queue, {} at exit",
+            s.kernel.seen,
+            s.emitted,
+            s.kernel.lost,
+            s.queue_lost_kills,
+            s.exit_lost,
+        );
+    }
+    Ok(())
+}
+
+/// Asks the reader to empty the ring and stop; returns when the stages must be done.
+fn stop(stop: &watch::Sender<bool>) -> Instant {
+    let _ = stop.send(true);
+    Instant::now() + EXIT_DEADLINE
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
