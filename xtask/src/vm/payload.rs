@@ -19,9 +19,11 @@ const TESTS_DIR: &str = "tests";
 /// Test executables that the guest's kernel cannot change, so they run on the host only:
 /// those about the host (its toolchains, its container engine), those that never reach the
 /// kernel (the `--cluster` view, the pod index and the Helm chart talk to a test API server or
-/// render manifests), and `runtimes` (recognising a runtime is userspace only, and the JVMs,
+/// render manifests), those about what kubectl and Prometheus read of the daemon's output
+/// (the same bytes on every kernel), and `runtimes` (recognising a runtime is userspace only, and the JVMs,
 /// javac and `go build` it starts would be slow under QEMU's TCG).
-const HOST_ONLY: &[&str] = &["toolchain", "image", "cluster_watch", "pod_index", "helm", "runtimes"];
+const HOST_ONLY: &[&str] =
+    &["toolchain", "image", "cluster_watch", "pod_index", "helm", "kubectl", "monitoring", "runtimes"];
 
 pub struct Executable {
     pub name: String,
