@@ -1,40 +1,56 @@
-//! Decoding: a kernel victim record becomes an OOM kill event (clock conversion, units, the
-//! OOM domain, the procfs fallback of the classic tracepoint), and the victim's runtime from
-//! its command line and environment, read first of all: they are gone within milliseconds.
-use crate::cgroup_fs::{self, Hierarchies};
-use crate::model::{CgroupRef, Oom, OomKill, RuntimeSource, Trigger, Victim, VictimCgroup, SCHEMA};
-use crate::oom_domain::{Domain, DomainTracker};
-use crate::record::{boot_ns_to_rfc3339, cstr, dfl_levels, memcg_levels, memcg_path, path_of};
+//! Decoding, pure: a kernel victim record, with what procfs showed of the victim
+//! ([`crate::victim_procfs`]) and its OOM domain ([`crate::oom_domain`]), becomes an OOM kill
+//! event (clock conversion, units, the victim's runtime from its command line).
+use crate::model::{
+    CgroupRef, CgroupSource, Constraint, Oom, OomKill, OomSource, RuntimeSource, Trigger, Victim,
+    VictimCgroup, VictimSource, SCHEMA,
+};
+use crate::oom_domain::Domain;
+use crate::record::{boot_ns_to_rfc3339, cstr, dfl_levels, memcg_levels, memcg_path, path_of, victim_memcg_levels};
+use crate::victim_procfs::Snapshot;
 use oomtrace_common::{ctx_source, source, valid, MemcgLevel, OomEvent};
 
-/// Turns kernel records into events: clock conversion, units, OOM domain.
+/// Turns kernel records into events: clock conversion, units.
 pub struct Decoder {
     pub node: String,
     page_size: u64,
-    hierarchies: Option<Hierarchies>,
-    domain: DomainTracker,
-    /// This process sees the kernel's pids, so `/proc/<victim pid>` is the victim.
-    host_pids: bool,
+}
+
+/// The victim's cgroups: the kernel's, or procfs's when the record has none.
+pub fn victim_cgroup(raw: &OomEvent, seen: &Snapshot) -> VictimCgroup {
+    let memcg = victim_memcg_levels(raw);
+    let dfl = dfl_levels(raw);
+    if !dfl.is_empty() || !memcg.is_empty() {
+        return VictimCgroup {
+            id: dfl.first().map(|l| l.id),
+            path: (!dfl.is_empty()).then(|| path_of(dfl.iter().map(|l| &l.name[..]))),
+            memory: CgroupRef {
+                id: memcg.first().map(|l| l.id),
+                path: (!memcg.is_empty()).then(|| memcg_path(memcg, 0)),
+            },
+            source: CgroupSource::Kernel,
+        };
+    }
+    let (unified, memory) = (seen.unified.as_ref(), seen.memory.as_ref());
+    VictimCgroup {
+        id: unified.and_then(|c| c.id),
+        path: unified.map(|c| c.path.clone()),
+        memory: CgroupRef { id: memory.and_then(|c| c.id), path: memory.map(|c| c.path.clone()) },
+        source: if unified.is_some() || memory.is_some() { CgroupSource::Procfs } else { CgroupSource::Unknown },
+    }
 }
 
 impl Decoder {
-    pub fn new(node: String, hierarchies: Option<Hierarchies>) -> Self {
-        let page_size = cgroup_fs::page_size();
-        let domain = DomainTracker::new(hierarchies.clone());
-        Self {
-            node,
-            page_size,
-            hierarchies,
-            domain,
-            host_pids: crate::runtime::procfs::host_pids(),
-        }
+    pub fn new(node: String) -> Self {
+        Self { node, page_size: crate::cgroup_fs::page_size() }
     }
 
     pub fn page_size(&self) -> u64 {
         self.page_size
     }
 
-    pub fn decode(&mut self, raw: &OomEvent, lost_events: u64) -> OomKill {
+    /// `cgroup` is [`victim_cgroup`]'s answer, `domain` the OOM domain stage's.
+    pub fn decode(&self, raw: &OomEvent, seen: Snapshot, cgroup: VictimCgroup, domain: Domain, lost_events: u64) -> OomKill {
         let v = raw.valid;
         let has = |bit| v & bit != 0;
         let page = self.page_size;
@@ -45,13 +61,6 @@ impl Decoder {
             page
         };
         let opt = |bit, val: u64| has(bit).then_some(val);
-        let pid = has(valid::VICTIM_TASK).then_some(if raw.victim_tgid != 0 { raw.victim_tgid } else { raw.victim_pid });
-        // The thread whose allocation the kill answered, when it is one of the victim's.
-        let busy = pid.filter(|p| *p == raw.trigger_tgid).map(|_| raw.trigger_pid);
-        let process = pid
-            .filter(|_| self.host_pids)
-            .and_then(|p| crate::runtime::procfs::read(p, busy));
-
         let mut victim = Victim {
             pid: opt(valid::VICTIM_TASK, raw.victim_pid as u64).map(|p| p as u32),
             tgid: (has(valid::VICTIM_TASK) && raw.victim_tgid != 0).then_some(raw.victim_tgid),
@@ -74,14 +83,13 @@ impl Decoder {
             ),
             container_init: None,
             runtime: None,
-            cmdline_read: process.is_some(),
+            cmdline_read: seen.process.is_some(),
             source: match raw.source {
-                source::TP_BTF => "tp_btf:task_struct",
-                source::TRACEPOINT if has(valid::FROM_TRACEPOINT_RECORD) => "tracepoint:record",
-                source::TRACEPOINT => "tracepoint:pid",
-                _ => "unknown",
-            }
-            .into(),
+                source::TP_BTF => VictimSource::TaskStruct,
+                source::TRACEPOINT if has(valid::FROM_TRACEPOINT_RECORD) => VictimSource::TracepointRecord,
+                source::TRACEPOINT => VictimSource::TracepointPid,
+                _ => VictimSource::Unknown,
+            },
         };
         let trigger = Trigger {
             pid: Some(raw.trigger_pid),
@@ -90,43 +98,7 @@ impl Decoder {
         };
 
         let memcg = memcg_levels(raw);
-        let victims_memcg = if has(valid::MEMCG_CHAIN) { memcg } else { &[] };
-        let dfl = dfl_levels(raw);
-        let mut cgroup = VictimCgroup {
-            id: dfl.first().map(|l| l.id),
-            path: (!dfl.is_empty()).then(|| path_of(dfl.iter().map(|l| &l.name[..]))),
-            memory: CgroupRef {
-                id: victims_memcg.first().map(|l| l.id),
-                path: (!victims_memcg.is_empty()).then(|| memcg_path(victims_memcg, 0)),
-            },
-            source: "kernel".into(),
-        };
-        if dfl.is_empty() && victims_memcg.is_empty() {
-            cgroup.source = "unknown".into();
-            // Only where our pids are the kernel's: in a pod's pid namespace `/proc/<pid>` is
-            // another process, whose cgroups would be reported as the victim's.
-            let read = victim.pid.filter(|_| self.host_pids).and_then(crate::cgroup_fs::proc_cgroups);
-            if let Some((v2, mem)) = read.filter(|(v2, mem)| v2.is_some() || mem.is_some()) {
-                if let Some(h) = &self.hierarchies {
-                    cgroup.id = v2
-                        .as_deref()
-                        .and_then(|p| h.unified_dir(p))
-                        .and_then(cgroup_fs::cgroup_id);
-                    cgroup.memory.id = mem
-                        .as_deref()
-                        .and_then(|p| h.memory_dir(p))
-                        .and_then(cgroup_fs::cgroup_id);
-                }
-                cgroup.path = v2;
-                cgroup.memory.path = mem;
-                cgroup.source = "procfs".into();
-            }
-        }
-
         let ctx = has(valid::OOM_CONTEXT).then_some(&raw.ctx);
-        let domain = self
-            .domain
-            .resolve(memcg, ctx, cgroup.memory.path.as_deref());
         let group_kill = group_kill(memcg, &domain);
         let mut oom = match domain {
             Domain::Context {
@@ -137,7 +109,7 @@ impl Decoder {
                 usage_pages,
                 swap_limit_pages,
             } => Oom {
-                constraint: Some(constraint.into()),
+                constraint: Some(constraint),
                 cgroup: cg,
                 cgroup_id,
                 limit_bytes: limit_pages.map(|p| p.saturating_mul(page)),
@@ -148,49 +120,46 @@ impl Decoder {
                 domain_bytes: ctx.map(|c| c.totalpages.saturating_mul(page)),
                 invocation: ctx.map(|c| c.seq),
                 source: match ctx.map(|c| c.source) {
-                    Some(ctx_source::FENTRY) => "kernel:oom_control(fentry)",
-                    Some(ctx_source::KPROBE) => "kernel:oom_control(kprobe)",
-                    _ => "kernel:oom_control",
-                }
-                .into(),
+                    Some(ctx_source::FENTRY) => OomSource::OomControlFentry,
+                    Some(ctx_source::KPROBE) => OomSource::OomControlKprobe,
+                    _ => OomSource::OomControl,
+                },
                 ..Default::default()
             },
             Domain::Memcg { index } => {
                 let l = &memcg[index];
                 let finite = |p: u64| crate::oom_domain::finite(p).map(|p| p.saturating_mul(page));
                 Oom {
-                    constraint: Some("memcg".into()),
+                    constraint: Some(Constraint::Memcg),
                     cgroup: Some(memcg_path(memcg, index)),
                     cgroup_id: Some(l.id),
                     limit_bytes: finite(l.max_pages),
                     usage_bytes: finite(l.usage_pages),
                     swap_limit_bytes: finite(l.swap_max_pages),
-                    source: "kernel:memcg".into(),
+                    source: OomSource::Memcg,
                     ..Default::default()
                 }
             }
             Domain::Cgroupfs { path, mem } => Oom {
-                constraint: Some("memcg".into()),
+                constraint: Some(Constraint::Memcg),
                 cgroup: Some(path),
                 limit_bytes: mem.limit_bytes,
                 usage_bytes: mem.usage_bytes,
                 swap_limit_bytes: mem.swap_limit_bytes,
-                source: "cgroupfs".into(),
+                source: OomSource::Cgroupfs,
                 ..Default::default()
             },
             Domain::Global { source } => Oom {
-                constraint: Some("global".into()),
+                constraint: Some(Constraint::Global),
                 cgroup: Some("/".into()),
-                source: source.into(),
+                source,
                 ..Default::default()
             },
-            Domain::Unknown => Oom {
-                source: "unknown".into(),
-                ..Default::default()
-            },
+            Domain::Unknown => Oom::default(),
         };
         oom.group_kill = group_kill;
-        victim.runtime = process
+        victim.runtime = seen
+            .process
             .as_ref()
             .and_then(|p| crate::runtime::recognise(p, oom.limit_bytes, RuntimeSource::Procfs));
 
@@ -235,6 +204,14 @@ mod tests {
     use crate::output::{Format, Printer};
     use crate::record::{record_from_bytes, victim_record, Record};
 
+    /// The stages up to decode, without procfs or cgroupfs.
+    fn decode_alone(raw: &OomEvent, lost: u64) -> OomKill {
+        let seen = Snapshot::default();
+        let cgroup = victim_cgroup(raw, &seen);
+        let domain = crate::oom_domain::DomainTracker::new(None).resolve(raw, cgroup.memory.path.as_deref());
+        Decoder::new("n".into()).decode(raw, seen, cgroup, domain, lost)
+    }
+
     #[test]
     fn unknown_values_are_null() {
         let Some(Record::Victim(raw)) =
@@ -242,8 +219,7 @@ mod tests {
         else {
             panic!("a full victim record decodes");
         };
-        let mut d = Decoder::new("n".into(), None);
-        let ev = d.decode(&raw, 0);
+        let ev = decode_alone(&raw, 0);
         let j = serde_json::to_value(&ev).unwrap();
         assert!(j["victim"]["pid"].is_null());
         assert!(j["victim"]["rss_anon_bytes"].is_null());
@@ -261,11 +237,11 @@ mod tests {
             if bytes.len() >= 4 {
                 bytes[..4].copy_from_slice(&kind.to_ne_bytes());
             }
-            let mut d = Decoder::new("n".into(), None);
+            let d = Decoder::new("n".into());
             match record_from_bytes(&bytes) {
                 Some(Record::Victim(raw)) => {
-                    // The whole path after decode: verdict, metrics, Event note, every printer.
-                    let mut ev = d.decode(&raw, 1);
+                    // The whole path from decode on: verdict, metrics, Event note, every printer.
+                    let mut ev = decode_alone(&raw, 1);
                     crate::explain::apply(&mut ev, None);
                     ev.fill_resource();
                     crate::metrics::Metrics::new().record(&ev);

@@ -6,7 +6,10 @@
 //! milliseconds (`gathered_after_ms` says how long after). v1 and v2 `memory.stat` names are
 //! normalised to one set; a figure a hierarchy does not have is `null`.
 use crate::cgroup_fs::{read, read_u64, Hierarchies, MemoryVersion};
-use crate::model::{Ceiling, Explanation, MemoryStat, OomKill, Pressure, Recommendation, RuntimeName, TaskRss};
+use crate::model::{
+    Ceiling, Constraint, DetailsSource, Explanation, Level, MemoryStat, OomKill, Pressure, Recommendation,
+    RuntimeName, TaskRss,
+};
 use crate::output::human;
 use std::collections::HashMap;
 use std::path::Path;
@@ -167,14 +170,14 @@ pub fn gather(
     killed_at: std::time::SystemTime,
     budget: Budget,
 ) -> Option<(Explanation, bool)> {
-    if ev.oom.constraint.as_deref() != Some("memcg") {
+    if ev.oom.constraint != Some(Constraint::Memcg) {
         return None;
     }
     let (version, _) = h.memory.as_ref()?;
     let dir = h.memory_dir(ev.oom.cgroup.as_deref()?)?;
     let mut x = Explanation {
         memory_stat: read(&dir, "memory.stat").map(|t| parse_memory_stat(*version, &t)),
-        details_source: Some("cgroupfs+procfs".into()),
+        details_source: Some(DetailsSource::CgroupfsProcfs),
         ..Default::default()
     };
     match version {
@@ -271,31 +274,17 @@ pub fn apply(ev: &mut OomKill, details: Option<Explanation>) {
 pub fn judge(ev: &OomKill, x: Option<&Explanation>) -> (String, Option<Recommendation>) {
     let comm = ev.victim.comm.as_deref().unwrap_or("the victim");
     let plain = |v: String| (v, None);
-    match ev.oom.constraint.as_deref() {
-        Some("global") => return plain(format!("node out of memory; {comm} was the largest task")),
-        Some("memcg") => {}
+    match ev.oom.constraint {
+        Some(Constraint::Global) => return plain(format!("node out of memory; {comm} was the largest task")),
+        Some(Constraint::Memcg) => {}
         Some(other) => return plain(format!("{other}-constrained OOM")),
         None => return plain("OOM of unknown scope".into()),
     }
-    let level = ev.k8s.as_ref().map(|k| k.cgroup_level.as_str());
-    let oom_is_pod = ev
-        .oom
-        .cgroup
-        .as_deref()
-        .and_then(crate::k8s::cgroup_path::parse)
-        .is_some_and(|kc| kc.level == crate::k8s::cgroup_path::Level::Pod);
-    if oom_is_pod && matches!(level, Some("container" | "container_child")) {
+    let scope = ev.limit_scope();
+    let in_container = ev.k8s.as_ref().is_some_and(|k| matches!(k.cgroup_level, Level::Container | Level::ContainerChild));
+    if scope == "pod" && in_container {
         return plain("pod-level limit hit while every container was under its own".into());
     }
-    let scope = if ev.k8s.is_some() {
-        if oom_is_pod {
-            "pod"
-        } else {
-            "container"
-        }
-    } else {
-        "cgroup"
-    };
     let usage = ev.oom.usage_bytes.or(ev.oom.limit_bytes).unwrap_or(0);
     let stat = x.and_then(|x| x.memory_stat.as_ref());
     if let Some(s) = stat {
@@ -471,7 +460,7 @@ mod tests {
             "anon memory of several processes filled the cgroup limit"
         );
         let mut global = memcg_kill(10 * M, 0, 64 * M);
-        global.oom.constraint = Some("global".into());
+        global.oom.constraint = Some(Constraint::Global);
         assert_eq!(
             verdict(&global, None),
             "node out of memory; python3 was the largest task"
@@ -579,10 +568,9 @@ mod tests {
         let mut ev = memcg_kill(10 * M, 0, 64 * M);
         let uid = "0e0b1f4c-5a2d-4d0e-9b1c-1f2e3d4c5b6a";
         ev.oom.cgroup = Some(format!("/kubepods/burstable/pod{uid}"));
-        ev.k8s = Some(crate::model::K8s {
-            cgroup_level: "container".into(),
-            ..Default::default()
-        });
+        let mut k = crate::model::test_k8s(Level::Container);
+        k.oom_cgroup_level = Some(Level::Pod);
+        ev.k8s = Some(k);
         assert_eq!(
             verdict(&ev, None),
             "pod-level limit hit while every container was under its own"

@@ -20,6 +20,7 @@ pub mod record;
 pub mod runtime;
 pub mod tracefs;
 pub mod tracer;
+pub mod victim_procfs;
 pub mod watch;
 
 /// This node's name: `NODE_NAME` (set from the downward API in the DaemonSet), else the

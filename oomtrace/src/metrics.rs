@@ -4,7 +4,7 @@
 //! (namespace, pod, container) label sets are kept per family; kills beyond that are counted
 //! under `namespace="_other_"` (and the overflow itself is counted), so a node that churns
 //! through thousands of pods cannot grow the scrape without bound.
-use crate::model::OomKill;
+use crate::model::{Constraint, OomKill};
 use prometheus_client::encoding::{text::encode, EncodeLabelSet};
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
 use prometheus_client::registry::Registry;
@@ -276,7 +276,7 @@ impl Metrics {
                 namespace: w.namespace.clone(),
                 pod: w.pod.clone(),
                 container: w.container.clone(),
-                constraint: ev.oom.constraint.clone().unwrap_or_else(|| "unknown".into()),
+                constraint: ev.oom.constraint.unwrap_or(Constraint::Unknown).as_str().into(),
                 owner_kind: owner(&w, ev, |o| &o.kind),
                 owner_name: owner(&w, ev, |o| &o.name),
                 container_init: ev.victim.container_init.map(|i| i.to_string()).unwrap_or_default(),
@@ -307,7 +307,7 @@ impl Metrics {
                 namespace: w.namespace,
                 pod: w.pod,
                 container: w.container,
-                reason: p.reason.clone(),
+                reason: p.reason.as_str().into(),
             })
             .inc();
     }

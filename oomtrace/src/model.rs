@@ -5,6 +5,148 @@
 //! never 0, and each section says how its values were obtained (`source`).
 use serde::{Deserialize, Serialize};
 
+/// A field with a fixed set of values: serde spells each as the JSON does, and `as_str` gives
+/// printers and metric labels the same spelling.
+macro_rules! names {
+    ($(#[$m:meta])* pub enum $name:ident { $($(#[$vm:meta])* $v:ident = $s:literal,)+ }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $($(#[$vm])* #[serde(rename = $s)] $v,)+
+        }
+
+        impl $name {
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$v => $s,)+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+names! {
+    /// How the victim's fields were read.
+    pub enum VictimSource {
+        /// From the victim's `task_struct` (tp_btf).
+        TaskStruct = "tp_btf:task_struct",
+        /// From the classic tracepoint's record (kB units).
+        TracepointRecord = "tracepoint:record",
+        /// The classic tracepoint gave only the pid.
+        TracepointPid = "tracepoint:pid",
+        Unknown = "unknown",
+    }
+}
+
+/// What was not obtained is unknown.
+macro_rules! unknown_by_default {
+    ($($name:ident),+) => {
+        $(impl Default for $name {
+            fn default() -> Self {
+                $name::Unknown
+            }
+        })+
+    };
+}
+unknown_by_default!(VictimSource, OomSource, CgroupSource);
+
+names! {
+    /// The kernel's `enum oom_constraint`: which memory ran out.
+    pub enum Constraint {
+        Global = "global",
+        Cpuset = "cpuset",
+        Mempolicy = "mempolicy",
+        Memcg = "memcg",
+        /// A value this daemon does not know (a newer kernel).
+        Unknown = "unknown",
+    }
+}
+
+impl Constraint {
+    /// From `oom_control.constraint`.
+    pub fn from_kernel(c: u32) -> Self {
+        match c {
+            0 => Constraint::Global,
+            1 => Constraint::Cpuset,
+            2 => Constraint::Mempolicy,
+            3 => Constraint::Memcg,
+            _ => Constraint::Unknown,
+        }
+    }
+}
+
+names! {
+    /// How the OOM domain (`oom.cgroup`, its limit and usage) was obtained.
+    pub enum OomSource {
+        /// `struct oom_control` from a hook on `oom_kill_process` (which hook unknown).
+        OomControl = "kernel:oom_control",
+        OomControlFentry = "kernel:oom_control(fentry)",
+        OomControlKprobe = "kernel:oom_control(kprobe)",
+        /// The victim's memcg ancestry, read in the kernel at the kill.
+        Memcg = "kernel:memcg",
+        /// cgroupfs, read right after the kill.
+        Cgroupfs = "cgroupfs",
+        Unknown = "unknown",
+    }
+}
+
+names! {
+    /// How the victim's cgroups were obtained.
+    pub enum CgroupSource {
+        /// Read from the task in the kernel at the kill.
+        Kernel = "kernel",
+        /// `/proc/<pid>/cgroup` after the kill.
+        Procfs = "procfs",
+        Unknown = "unknown",
+    }
+}
+
+names! {
+    /// How the explanation's details were read.
+    pub enum DetailsSource {
+        /// cgroupfs and procfs, right after the kill.
+        CgroupfsProcfs = "cgroupfs+procfs",
+    }
+}
+
+names! {
+    /// Which cgroup of the kubelet hierarchy a path names. An OOM kill's cgroup is the one
+    /// whose limit was hit, so the level says *whose* limit it was (node allocatable, QoS,
+    /// pod, container).
+    pub enum Level {
+        /// The kubepods root itself (node-allocatable limit). No pod.
+        Kubepods = "kubepods",
+        /// A QoS-class cgroup (`kubepods-burstable.slice`, `/kubepods/besteffort`). No pod.
+        Qos = "qos",
+        /// The pod-level cgroup (pod limit), no container component.
+        Pod = "pod",
+        /// CRI-O's `conmon` monitor for a container, a sibling of the container cgroup inside
+        /// the pod: charged to the pod, but it is *not* the container.
+        Conmon = "conmon",
+        /// A container's own cgroup.
+        Container = "container",
+        /// A cgroup nested below a container's cgroup (created by the container's runtime or
+        /// workload); it still belongs to that container.
+        ContainerChild = "container_child",
+    }
+}
+
+names! {
+    /// Which limit a reclaiming cgroup is at.
+    pub enum PressureLimit {
+        /// At `memory.max`: the next failed charge is an OOM.
+        Max = "max",
+        /// Above `memory.high`: throttled.
+        High = "high",
+    }
+}
+
 pub const SCHEMA: &str = "oomtrace.oom_kill/v1";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -60,40 +202,27 @@ pub struct Victim {
     /// or none) stands; the pod spec is asked only when it was not.
     #[serde(skip)]
     pub cmdline_read: bool,
-    /// `tp_btf:task_struct` (read from the victim's task) or `tracepoint:record`.
-    pub source: String,
+    pub source: VictimSource,
 }
 
-/// A language runtime whose memory ceiling decides many container OOM kills.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum RuntimeName {
-    Jvm,
-    Node,
-    Go,
-    Python,
-}
-
-impl RuntimeName {
-    /// As the event names it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RuntimeName::Jvm => "jvm",
-            RuntimeName::Node => "node",
-            RuntimeName::Go => "go",
-            RuntimeName::Python => "python",
-        }
+names! {
+    /// A language runtime whose memory ceiling decides many container OOM kills.
+    pub enum RuntimeName {
+        Jvm = "jvm",
+        Node = "node",
+        Go = "go",
+        Python = "python",
     }
 }
 
-/// Where the runtime's settings were read.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum RuntimeSource {
-    /// `/proc/<pid>/cmdline` and `environ` of the victim, read as the kill was seen.
-    Procfs,
-    /// The container's command, args and env in the pod spec (the pod index).
-    PodSpec,
+names! {
+    /// Where the runtime's settings were read.
+    pub enum RuntimeSource {
+        /// `/proc/<pid>/cmdline` and `environ` of the victim, read as the kill was seen.
+        Procfs = "procfs",
+        /// The container's command, args and env in the pod spec (the pod index).
+        PodSpec = "pod_spec",
+    }
 }
 
 /// The victim's runtime and the ceiling its settings give (see `runtime`).
@@ -145,8 +274,7 @@ pub struct Trigger {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct Oom {
-    /// `memcg`, `global`, `cpuset` or `mempolicy`.
-    pub constraint: Option<String>,
+    pub constraint: Option<Constraint>,
     /// Path of the cgroup whose limit was hit (`/` for a global OOM).
     pub cgroup: Option<String>,
     pub cgroup_id: Option<u64>,
@@ -169,10 +297,7 @@ pub struct Oom {
     pub details: Explanation,
     /// What to change, when the evidence names it (see `explain::verdict`).
     pub recommendation: Option<Recommendation>,
-    /// How the values were obtained: `kernel:oom_control` (fentry/kprobe on
-    /// oom_kill_process), `kernel:memcg` (the victim's memcg ancestry read in the kernel at
-    /// the kill), `cgroupfs` (read from cgroupfs right after the kill), or `unknown`.
-    pub source: String,
+    pub source: OomSource,
 }
 
 /// What to change so the kill does not come back, from the evidence of this one.
@@ -202,8 +327,7 @@ pub struct VictimCgroup {
     /// The victim's memory cgroup (the v1 memory hierarchy on hybrid hosts; on pure
     /// cgroup v2 the nearest cgroup with the memory controller).
     pub memory: CgroupRef,
-    /// `kernel` (read from the task at the kill) or `procfs` (/proc/<pid>/cgroup after it).
-    pub source: String,
+    pub source: CgroupSource,
 }
 
 /// A task's RSS: anon + file + shmem (saturating: the parts come from the kernel).
@@ -228,6 +352,16 @@ impl OomKill {
         let t = chrono::DateTime::parse_from_rfc3339(&self.time).ok()?;
         let ns = t.timestamp_nanos_opt()?;
         Some(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(u64::try_from(ns).ok()?))
+    }
+
+    /// Whose limit the kill answered, as verdicts and notes name it: the victim's `pod`, its
+    /// `container`, or a `cgroup` (above the pod, or outside Kubernetes).
+    pub fn limit_scope(&self) -> &'static str {
+        match self.k8s.as_ref().and_then(|k| k.oom_cgroup_level) {
+            Some(Level::Pod) => "pod",
+            Some(Level::Container | Level::ContainerChild) => "container",
+            _ => "cgroup",
+        }
     }
 
     /// Fills `resource` from the event (call after Kubernetes attribution).
@@ -298,8 +432,8 @@ pub struct Explanation {
     pub pressure: Option<Pressure>,
     /// Largest tasks of the OOM cgroup; the victim with its RSS at the kill.
     pub tasks: Vec<TaskRss>,
-    /// `cgroupfs+procfs` (read right after the kill); null when nothing was gathered.
-    pub details_source: Option<String>,
+    /// Null when nothing was gathered.
+    pub details_source: Option<DetailsSource>,
     /// How long after the kill the details were read.
     pub details_after_ms: Option<f64>,
 }
@@ -315,7 +449,7 @@ pub struct Incident {
 }
 
 /// The pod and container of the victim.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct K8s {
     /// The pod index knew the pod (live or recently deleted).
     pub resolved: bool,
@@ -335,8 +469,12 @@ pub struct K8s {
     /// The container's declared `resources.limits.memory` / `requests.memory`.
     pub limits_memory_bytes: Option<u64>,
     pub requests_memory_bytes: Option<u64>,
-    /// Which kubelet cgroup the victim lived in: `container`, `container_child`, `pod`, …
-    pub cgroup_level: String,
+    /// Which kubelet cgroup the victim lived in.
+    pub cgroup_level: Level,
+    /// The kubelet level of the OOM cgroup, when it is this pod's (or one of its
+    /// containers'): whether the pod's limit or a container's was hit.
+    #[serde(skip)]
+    pub oom_cgroup_level: Option<Level>,
     /// The pod had already been deleted from the API server (answered from a tombstone).
     pub pod_deleted: bool,
 }
@@ -355,13 +493,22 @@ pub struct OwnerRef {
     pub name: String,
 }
 
+/// Pod and container of a test kill, known by their cgroup `level` only.
+#[cfg(test)]
+pub(crate) fn test_k8s(level: Level) -> K8s {
+    serde_json::from_value(serde_json::json!({
+        "resolved": false, "cgroup_level": level, "pod_deleted": false
+    }))
+    .expect("valid test k8s")
+}
+
 /// A kill built from JSON over a minimal valid base, for unit tests.
 #[cfg(test)]
 pub(crate) fn test_kill(over: serde_json::Value) -> OomKill {
     let mut base = serde_json::json!({
         "schema": SCHEMA, "time": "2026-01-01T00:00:00.000000000Z", "node": "node-1",
-        "victim": {"source": "test"}, "trigger": {},
-        "oom": {"source": "test"}, "cgroup": {"memory": {}, "source": "test"}
+        "victim": {"source": "unknown"}, "trigger": {},
+        "oom": {"source": "unknown"}, "cgroup": {"memory": {}, "source": "unknown"}
     });
     fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
         match (a, b) {

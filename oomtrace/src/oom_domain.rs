@@ -6,8 +6,9 @@
 //! counter (`memory_events_local[MEMCG_OOM]`, bumped by `mem_cgroup_oom()` on the memcg whose
 //! limit was hit) moved since we last looked. No such ancestor means the node ran out of memory.
 use crate::cgroup_fs::{self, CgroupfsMemory, Hierarchies};
-use crate::record::memcg_path;
-use oomtrace_common::{MemcgLevel, OomContext, AT_LIMIT_SLACK_PAGES, UNLIMITED_PAGES};
+use crate::model::{Constraint, OomSource};
+use crate::record::{memcg_levels, memcg_path};
+use oomtrace_common::{valid, MemcgLevel, OomContext, OomEvent, AT_LIMIT_SLACK_PAGES, UNLIMITED_PAGES};
 use std::collections::HashMap;
 
 /// Bound on the remembered per-cgroup OOM counters (cgroups come and go on a busy node).
@@ -17,7 +18,7 @@ const MAX_TRACKED: usize = 65_536;
 pub enum Domain {
     /// From `struct oom_control` (fentry/kprobe).
     Context {
-        constraint: &'static str,
+        constraint: Constraint,
         cgroup: Option<String>,
         cgroup_id: Option<u64>,
         limit_pages: Option<u64>,
@@ -28,7 +29,7 @@ pub enum Domain {
     Memcg { index: usize },
     /// Found by reading cgroupfs after the kill.
     Cgroupfs { path: String, mem: CgroupfsMemory },
-    Global { source: &'static str },
+    Global { source: OomSource },
     Unknown,
 }
 
@@ -43,22 +44,19 @@ pub fn finite(p: u64) -> Option<u64> {
     (p < UNLIMITED_PAGES).then_some(p)
 }
 
-pub fn constraint_name(c: u32) -> &'static str {
-    match c {
-        0 => "global",
-        1 => "cpuset",
-        2 => "mempolicy",
-        3 => "memcg",
-        _ => "unknown",
-    }
-}
-
 impl DomainTracker {
     pub fn new(hierarchies: Option<Hierarchies>) -> Self {
         Self { last_oom_events: HashMap::new(), hierarchies, page_size: crate::cgroup_fs::page_size() }
     }
 
-    pub fn resolve(
+    /// The domain of the kill `raw` reports; `victim_memcg_path` is the victim's memory
+    /// cgroup, for kernels that captured no memcg in the record.
+    pub fn resolve(&mut self, raw: &OomEvent, victim_memcg_path: Option<&str>) -> Domain {
+        let ctx = (raw.valid & valid::OOM_CONTEXT != 0).then_some(&raw.ctx);
+        self.resolve_levels(memcg_levels(raw), ctx, victim_memcg_path)
+    }
+
+    fn resolve_levels(
         &mut self,
         levels: &[MemcgLevel],
         ctx: Option<&OomContext>,
@@ -71,7 +69,7 @@ impl DomainTracker {
         if !levels.is_empty() {
             return match walked {
                 Some(index) => Domain::Memcg { index },
-                None => Domain::Global { source: "kernel:memcg" },
+                None => Domain::Global { source: OomSource::Memcg },
             };
         }
         self.by_cgroupfs(victim_memcg_path)
@@ -131,7 +129,7 @@ impl DomainTracker {
                 Some(i) => cur[..i].to_string(),
             };
         }
-        Domain::Global { source: "cgroupfs" }
+        Domain::Global { source: OomSource::Cgroupfs }
     }
 }
 
@@ -139,7 +137,7 @@ fn from_context(levels: &[MemcgLevel], ctx: &OomContext) -> Domain {
     let limited = |p: u64| (p != u64::MAX).then_some(p).and_then(finite);
     if ctx.memcg_id == 0 {
         return Domain::Context {
-            constraint: constraint_name(ctx.constraint),
+            constraint: Constraint::from_kernel(ctx.constraint),
             cgroup: Some("/".into()),
             cgroup_id: None,
             limit_pages: None,
@@ -153,7 +151,7 @@ fn from_context(levels: &[MemcgLevel], ctx: &OomContext) -> Domain {
         None => format!(".../{}", crate::record::cstr(&ctx.memcg_name)),
     };
     Domain::Context {
-        constraint: constraint_name(ctx.constraint),
+        constraint: Constraint::from_kernel(ctx.constraint),
         cgroup: Some(path),
         cgroup_id: Some(ctx.memcg_id),
         limit_pages: limited(ctx.memcg_max_pages),
@@ -191,32 +189,32 @@ mod tests {
     fn container_limit() {
         let mut t = DomainTracker::new(None);
         let levels = [level(3, "ctr", 16384, 16384, 1), level(2, "pod", 16384, 40000, 0), level(1, "", 99999, NOLIMIT, 0)];
-        assert_eq!(t.resolve(&levels, None, None), Domain::Memcg { index: 0 });
+        assert_eq!(t.resolve_levels(&levels, None, None), Domain::Memcg { index: 0 });
     }
 
     #[test]
     fn pod_limit_while_container_is_under_its_own() {
         let mut t = DomainTracker::new(None);
         let levels = [level(3, "ctr", 9000, 16384, 0), level(2, "pod", 12800, 12800, 1), level(1, "", 1, NOLIMIT, 0)];
-        assert_eq!(t.resolve(&levels, None, None), Domain::Memcg { index: 1 });
+        assert_eq!(t.resolve_levels(&levels, None, None), Domain::Memcg { index: 1 });
     }
 
     #[test]
     fn a_counter_that_did_not_move_is_not_this_oom() {
         let mut t = DomainTracker::new(None);
         let levels = [level(3, "ctr", 16384, 16384, 1), level(1, "", 1, NOLIMIT, 0)];
-        assert_eq!(t.resolve(&levels, None, None), Domain::Memcg { index: 0 });
+        assert_eq!(t.resolve_levels(&levels, None, None), Domain::Memcg { index: 0 });
         // Second kill: the container is still at its limit but its counter did not move.
-        assert_eq!(t.resolve(&levels, None, None), Domain::Global { source: "kernel:memcg" });
+        assert_eq!(t.resolve_levels(&levels, None, None), Domain::Global { source: OomSource::Memcg });
         let levels = [level(3, "ctr", 16384, 16384, 2), level(1, "", 1, NOLIMIT, 0)];
-        assert_eq!(t.resolve(&levels, None, None), Domain::Memcg { index: 0 });
+        assert_eq!(t.resolve_levels(&levels, None, None), Domain::Memcg { index: 0 });
     }
 
     #[test]
     fn below_the_limit_is_not_the_domain() {
         let mut t = DomainTracker::new(None);
         let levels = [level(3, "ctr", 100, 16384, 5), level(1, "", 1, NOLIMIT, 0)];
-        assert_eq!(t.resolve(&levels, None, None), Domain::Global { source: "kernel:memcg" });
+        assert_eq!(t.resolve_levels(&levels, None, None), Domain::Global { source: OomSource::Memcg });
     }
 
     #[test]
@@ -241,9 +239,9 @@ mod tests {
             _pad2: 0,
             memcg_name: [0; CGROUP_NAME_LEN],
         };
-        match t.resolve(&levels, Some(&ctx), None) {
+        match t.resolve_levels(&levels, Some(&ctx), None) {
             Domain::Context { constraint, cgroup, limit_pages, .. } => {
-                assert_eq!(constraint, "memcg");
+                assert_eq!(constraint, Constraint::Memcg);
                 assert_eq!(cgroup.as_deref(), Some("/pod"));
                 assert_eq!(limit_pages, Some(100));
             }

@@ -1,5 +1,5 @@
 //! How `oomtrace watch` prints kills: a table for people, JSON lines for programs.
-use crate::model::OomKill;
+use crate::model::{Constraint, OomKill, PressureLimit};
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -175,7 +175,7 @@ impl<W: Write> Printer<W> {
                     ),
                     _ => p.cgroup.clone(),
                 };
-                let limit = if p.reason == "high" {
+                let limit = if p.reason == PressureLimit::High {
                     p.high_bytes
                 } else {
                     p.limit_bytes
@@ -226,7 +226,7 @@ fn row(out: &mut impl Write, ev: &OomKill, format: Format, header_done: &mut boo
         or_dash(&ev.victim.pid),
         ev.victim.comm.as_deref().unwrap_or("-"),
         human(ev.victim.rss_bytes()),
-        ev.oom.constraint.as_deref().unwrap_or("-"),
+        ev.oom.constraint.map_or("-", Constraint::as_str),
         human(ev.oom.limit_bytes),
         human(ev.oom.usage_bytes),
         cgroup,

@@ -2,20 +2,24 @@
 //!
 //! 1. the ring reader ([`read_ring`]) only drains the BPF ring buffer into a bounded queue, so
 //!    no slow step after it can make the kernel drop a record (a full queue is counted);
-//! 2. decode the kernel record: first the victim's cmdline and environ from procfs (its
-//!    runtime, see [`crate::runtime`]; they are gone within milliseconds of the kill), then
-//!    the OOM domain ([`Decoder`]);
-//! 3. attribution to a pod and container, and the pod spec's runtime settings when procfs
+//! 2. what procfs still shows of the victim, first: its cmdline and environ (its runtime, see
+//!    [`crate::runtime`]) are gone within milliseconds of the kill ([`victim_procfs`]);
+//! 3. the OOM domain: which cgroup's limit was hit ([`DomainTracker`]);
+//! 4. decode, pure: the kernel record and what the stages before found become the event
+//!    ([`Decoder`]);
+//! 5. attribution to a pod and container, and the pod spec's runtime settings when procfs
 //!    was too late ([`Attributor`]);
-//! 4. the explanation, read off the async runtime within a per-event [`Budget`];
-//! 5. incidents: the victims of one OOM held together ([`Incidents`]);
-//! 6. the sinks, in kill order.
+//! 6. the explanation, read off the async runtime within a per-event [`Budget`];
+//! 7. incidents: the victims of one OOM held together ([`Incidents`]);
+//! 8. the sinks, in kill order.
 //!
 //! The counters are exported every second by a task of their own ([`export_counters`]), so
 //! they stay fresh while a stage is slow. On SIGINT/SIGTERM the reader empties the ring,
 //! then the stages finish within [`EXIT_DEADLINE`]; what is left is counted and logged.
 use crate::cgroup_fs::Hierarchies;
-use crate::event::Decoder;
+use crate::event::{victim_cgroup, Decoder};
+use crate::oom_domain::DomainTracker;
+use crate::victim_procfs;
 use crate::model::OomKill;
 use crate::record::Record;
 use crate::explain::Budget;
@@ -264,7 +268,9 @@ pub async fn trace(
         .inspect_err(|e| tracing::warn!("cannot read cgroup mounts: {e:#}"))
         .ok();
     let node = crate::node_name();
-    let mut decoder = Decoder::new(node.clone(), hierarchies.clone());
+    let procfs = victim_procfs::Reader::new(hierarchies.clone());
+    let mut domains = DomainTracker::new(hierarchies.clone());
+    let decoder = Decoder::new(node.clone());
     let mut incidents = Incidents::default();
     sink.attached(&tracer.strategy);
     eprintln!("watching for OOM kills (strategy: {})", tracer.strategy);
@@ -284,9 +290,13 @@ pub async fn trace(
         tokio::select! {
             rec = rx.recv() => match rec {
                 Some(Record::Victim(raw)) => {
+                    let seen = procfs.read(&raw);
                     let kernel_lost = counters.read().map(|c| c.lost).unwrap_or(0);
                     let lost_now = kernel_lost.saturating_add(stats.queue_lost_kills.load(Relaxed));
-                    let mut ev = decoder.decode(&raw, lost_now.saturating_sub(lost_attached));
+                    let cgroup = victim_cgroup(&raw, &seen);
+                    let domain = domains.resolve(&raw, cgroup.memory.path.as_deref());
+                    let lost = lost_now.saturating_sub(lost_attached);
+                    let mut ev = decoder.decode(&raw, seen, cgroup, domain, lost);
                     lost_attached = lost_now;
                     attributor.enrich(&mut ev);
                     let details = explain(&ev, hierarchies.as_ref(), budget, &stats).await;

@@ -1,6 +1,7 @@
 //! Early warnings: a memory cgroup reclaiming at its `memory.max` (or above `memory.high`)
 //! before anything is killed. The kernel reports at most one per cgroup per second and counts
 //! the passes it did not report (`suppressed`).
+use crate::model::PressureLimit;
 use crate::record::{boot_ns_to_rfc3339, cstr, memcg_path};
 use oomtrace_common::{PressureEvent, MAX_CGROUP_DEPTH};
 use serde::{Deserialize, Serialize};
@@ -17,8 +18,7 @@ pub struct MemoryPressure {
     /// The cgroup at its limit.
     pub cgroup: String,
     pub cgroup_id: u64,
-    /// `max` (at memory.max: the next failed charge is an OOM) or `high` (throttled).
-    pub reason: String,
+    pub reason: PressureLimit,
     pub limit_bytes: Option<u64>,
     pub high_bytes: Option<u64>,
     pub usage_bytes: Option<u64>,
@@ -51,7 +51,7 @@ pub fn decode(raw: &PressureEvent, node: &str, page: u64) -> Option<MemoryPressu
         node: node.into(),
         cgroup: memcg_path(levels, i),
         cgroup_id: l.id,
-        reason: if raw.over_high != 0 { "high" } else { "max" }.into(),
+        reason: if raw.over_high != 0 { PressureLimit::High } else { PressureLimit::Max },
         limit_bytes: finite(l.max_pages),
         high_bytes: finite(l.high_pages),
         usage_bytes: finite(l.usage_pages),

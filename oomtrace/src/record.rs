@@ -54,6 +54,14 @@ pub fn memcg_levels(raw: &OomEvent) -> &[MemcgLevel] {
     &raw.memcg[..(raw.memcg_depth as usize).min(MAX_CGROUP_DEPTH)]
 }
 
+/// The victim's own memcg ancestry; empty where the kernel captured only the trigger's.
+pub fn victim_memcg_levels(raw: &OomEvent) -> &[MemcgLevel] {
+    if raw.valid & valid::MEMCG_CHAIN == 0 {
+        return &[];
+    }
+    memcg_levels(raw)
+}
+
 pub fn dfl_levels(raw: &OomEvent) -> &[CgroupLevel] {
     if raw.valid & valid::DFL_CHAIN == 0 {
         return &[];

@@ -42,7 +42,8 @@ impl Attributor {
             .flatten()
             .find_map(cgroup_path::parse);
         let Some(kc) = parsed else { return };
-        let (k, hints) = self.resolve(&kc, &ev.node);
+        let (mut k, hints) = self.resolve(&kc, &ev.node);
+        k.oom_cgroup_level = oom_level(ev.oom.cgroup.as_deref(), &kc);
         if matches!(kc.level, Level::Container | Level::ContainerChild) {
             // PID 1 of the container's pid namespace: its death restarts the container.
             // Anything else dies silently while the pod keeps running.
@@ -91,9 +92,26 @@ fn from_path(kc: &KubeCgroup) -> K8s {
         container_id: kc.container_id.clone(),
         runtime: kc.runtime.map(|r| r.as_str().to_string()),
         qos_class: Some(kc.qos.as_str().to_string()),
-        cgroup_level: kc.level.as_str().to_string(),
-        ..Default::default()
+        cgroup_level: kc.level,
+        oom_cgroup_level: None,
+        resolved: false,
+        namespace: None,
+        pod: None,
+        container: None,
+        container_kind: None,
+        node: None,
+        owner: None,
+        limits_memory_bytes: None,
+        requests_memory_bytes: None,
+        pod_deleted: false,
     }
+}
+
+/// The kubelet level of the OOM cgroup when it is the victim's pod's own cgroup or one of its
+/// containers': says whether the pod's limit or a container's was hit.
+fn oom_level(oom_cgroup: Option<&str>, victim: &KubeCgroup) -> Option<Level> {
+    let oc = cgroup_path::parse(oom_cgroup?)?;
+    (oc.pod_uid.is_some() && oc.pod_uid == victim.pod_uid).then_some(oc.level)
 }
 
 fn lookup(idx: &PodIndex, kc: &KubeCgroup) -> Option<(PodInfo, Option<ContainerInfo>)> {

@@ -65,6 +65,8 @@ use std::fmt;
 
 use serde::Serialize;
 
+pub use crate::model::Level;
+
 /// Pod QoS class, spelled as Kubernetes writes it in `status.qosClass`, so a parsed path can be
 /// compared with (and reported next to) API objects without translation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -141,47 +143,6 @@ impl Driver {
 }
 
 impl fmt::Display for Driver {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Which cgroup of the kubelet hierarchy the path names. An OOM kill's cgroup is the one whose
-/// limit was hit, so the level says *whose* limit it was (node allocatable, QoS, pod, container).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Level {
-    /// The kubepods root itself (node-allocatable limit). No pod.
-    Kubepods,
-    /// A QoS-class cgroup (`kubepods-burstable.slice`, `/kubepods/besteffort`). No pod.
-    Qos,
-    /// The pod-level cgroup (pod limit), no container component.
-    Pod,
-    /// CRI-O's `conmon` monitor for a container, a sibling of the container cgroup inside the
-    /// pod: charged to the pod, but it is *not* the container. See [`KubeCgroup::conmon_for`].
-    Conmon,
-    /// A container's own cgroup.
-    Container,
-    /// A cgroup nested below a container's cgroup (created by the container's runtime or
-    /// workload); it still belongs to that container.
-    ContainerChild,
-}
-
-impl Level {
-    /// Stable lowercase name, same as the serde form.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Level::Kubepods => "kubepods",
-            Level::Qos => "qos",
-            Level::Pod => "pod",
-            Level::Conmon => "conmon",
-            Level::Container => "container",
-            Level::ContainerChild => "container_child",
-        }
-    }
-}
-
-impl fmt::Display for Level {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }

@@ -8,7 +8,7 @@
 //! object per kill, as kube's `Recorder` does it; the Recorder itself cannot set annotations,
 //! which carry the kill's numbers for programs (`watch --cluster`) so none parses the note.
 use crate::metrics::Metrics;
-use crate::model::{ContainerKind, OomKill};
+use crate::model::{Constraint, ContainerKind, OomKill};
 use crate::output::human;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event;
@@ -64,17 +64,12 @@ pub fn note(ev: &OomKill) -> String {
         }
         _ => "rss unknown".into(),
     };
-    let scope = match (ev.oom.constraint.as_deref(), ev.k8s.as_ref().map(|k| k.cgroup_level.as_str())) {
-        (Some("global"), _) => "node out of memory".to_string(),
-        (Some("memcg"), _) => {
-            let level = match &ev.oom.cgroup {
-                Some(c) if ev.k8s.as_ref().is_some_and(|k| k.pod_uid.as_deref().is_some_and(|u| pod_level(c, u))) => "pod",
-                Some(_) if container.is_some() => "container",
-                _ => "cgroup",
-            };
-            format!("{level} limit {}, usage {}", human(ev.oom.limit_bytes), human(ev.oom.usage_bytes))
+    let scope = match ev.oom.constraint.unwrap_or(Constraint::Unknown) {
+        Constraint::Global => "node out of memory".to_string(),
+        Constraint::Memcg => {
+            format!("{} limit {}, usage {}", ev.limit_scope(), human(ev.oom.limit_bytes), human(ev.oom.usage_bytes))
         }
-        (c, _) => format!("constraint {}", c.unwrap_or("unknown")),
+        c => format!("constraint {c}"),
     };
     let consequence = match v.container_init {
         Some(true) => "; the container restarts",
@@ -94,12 +89,6 @@ pub fn note(ev: &OomKill) -> String {
         note.push('…');
     }
     note
-}
-
-/// Whether the OOM cgroup is the pod-level cgroup (its last component names the pod UID).
-fn pod_level(cgroup: &str, uid: &str) -> bool {
-    let last = cgroup.rsplit('/').next().unwrap_or("");
-    last.contains(uid) || last.contains(&uid.replace('-', "_"))
 }
 
 /// The container within its pod, as kubelet's own Events point at it (`spec.containers{app}`).
@@ -322,16 +311,20 @@ async fn publish(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Level;
 
+    /// A kill in container `app` at its own limit (attribution found the OOM cgroup is it).
     fn kill() -> OomKill {
-        crate::model::test_kill(serde_json::json!({
+        let mut k = crate::model::test_kill(serde_json::json!({
             "victim": {"pid": 4242, "comm": "python3", "rss_anon_bytes": 1900u64 << 20, "rss_file_bytes": 0,
                        "rss_shmem_bytes": 0, "container_init": false},
             "oom": {"constraint": "memcg", "cgroup": "/kubepods/burstable/pod1234/abcd",
                     "limit_bytes": 2u64 << 30, "usage_bytes": 2u64 << 30},
             "k8s": {"resolved": true, "namespace": "shop", "pod": "api-1", "pod_uid": "1234", "container": "app",
                     "cgroup_level": "container", "pod_deleted": false}
-        }))
+        }));
+        k.k8s.as_mut().unwrap().oom_cgroup_level = Some(Level::Container);
+        k
     }
 
     #[test]
@@ -343,6 +336,7 @@ mod tests {
         );
         let mut k = kill();
         k.oom.cgroup = Some("/kubepods/burstable/pod1234".into());
+        k.k8s.as_mut().unwrap().oom_cgroup_level = Some(Level::Pod);
         k.victim.container_init = Some(true);
         assert!(note(&k).contains("pod limit 2.0GiB"));
         assert!(note(&k).ends_with("the container restarts"));
@@ -405,7 +399,7 @@ mod tests {
         }
         let mut global = kill();
         global.k8s = None;
-        global.oom.constraint = Some("global".into());
+        global.oom.constraint = Some(Constraint::Global);
         let r = regarding(&global).unwrap();
         assert_eq!(r.kind.as_deref(), Some("Node"));
         assert_eq!(r.name.as_deref(), Some("node-1"));
