@@ -53,6 +53,8 @@ impl Seen {
 
 pub struct StormResult {
     pub target: usize,
+    /// The bench stopped reading oomtrace's stdout this long at the start of the storm.
+    pub stalled: Option<Duration>,
     pub cgroups: usize,
     pub spawned: usize,
     pub sigkilled: usize,
@@ -77,6 +79,7 @@ impl StormResult {
             .collect();
         json!({
             "kills_target": self.target,
+            "oomtrace_stdout_stalled_s": self.stalled.map(|d| d.as_secs_f64()),
             "cgroups": self.cgroups,
             "limit_bytes": LIMIT_MIB * MIB,
             "hog_bytes": HOG_MIB * MIB,
@@ -115,9 +118,11 @@ fn victim_pid(v: &Value) -> Option<u32> {
 }
 
 /// An OOM storm: `target` kills across `ncg` memcgs, hogs spawned back to back (one at a time
-/// per memcg) until the kills are done or the deadline passes.
-pub fn storm(ctx: &Ctx, target: usize, ncg: usize) -> Result<StormResult> {
-    say!("storm of {target} kills across {ncg} memcgs (limit {LIMIT_MIB} MiB, hogs of {HOG_MIB} MiB)");
+/// per memcg) until the kills are done or the deadline passes. With `stall`, the bench stops
+/// reading oomtrace's stdout for that long as the storm starts, as a stuck log pipe would.
+pub fn storm(ctx: &Ctx, target: usize, ncg: usize, stall: Option<Duration>) -> Result<StormResult> {
+    let stalled = stall.map(|d| format!(", oomtrace's stdout unread for the first {} s", d.as_secs())).unwrap_or_default();
+    say!("storm of {target} kills across {ncg} memcgs (limit {LIMIT_MIB} MiB, hogs of {HOG_MIB} MiB){stalled}");
     let cgs: Vec<TestCgroup> = (0..ncg)
         .map(|_| {
             let cg = TestCgroup::new("oomtrace-bench")?;
@@ -152,6 +157,9 @@ pub fn storm(ctx: &Ctx, target: usize, ncg: usize) -> Result<StormResult> {
     let errors = Mutex::new(Vec::<String>::new());
     let deadline = Instant::now() + Duration::from_secs(30) + Duration::from_millis(60 * target as u64);
     let hog = Hog::anon(HOG_MIB);
+    if let Some(d) = stall {
+        watch.stall_for(d);
+    }
     let t0 = Instant::now();
     std::thread::scope(|s| {
         for cg in &cgs {
@@ -369,6 +377,7 @@ pub fn storm(ctx: &Ctx, target: usize, ncg: usize) -> Result<StormResult> {
 
     Ok(StormResult {
         target,
+        stalled: stall,
         cgroups: ncg,
         spawned: spawned.into_inner(),
         sigkilled: kills.into_inner(),

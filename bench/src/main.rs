@@ -62,9 +62,10 @@ pub struct Args {
     /// Where to write the results.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Run only these parts: capture (storms), latency (isolated kills), overhead, daemon,
-    /// image (the container image's size; `cargo xtask bench` builds the image first).
-    #[arg(long, value_delimiter = ',', value_parser = ["capture", "latency", "overhead", "daemon", "image"])]
+    /// Run only these parts: capture (storms), stall (the largest storm with oomtrace's
+    /// stdout unread for 10 s), latency (isolated kills), overhead, daemon, image (the
+    /// container image's size; `cargo xtask bench` builds the image first).
+    #[arg(long, value_delimiter = ',', value_parser = ["capture", "stall", "latency", "overhead", "daemon", "image"])]
     only: Option<Vec<String>>,
     /// Also write every storm's raw observations (oomtrace events with their read times,
     /// bpftrace lines, kernel log lines) to this directory, for digging into a result.
@@ -170,9 +171,18 @@ fn main() -> Result<()> {
     let mut storms = Vec::new();
     for &k in kills.iter().filter(|_| want("capture")) {
         util::check_interrupted()?;
-        match capture::storm(&ctx, k, args.cgroups.max(1)) {
+        match capture::storm(&ctx, k, args.cgroups.max(1), None) {
             Ok(s) => storms.push(s),
             Err(e) => failures.push(format!("storm {k}: {e:#}")),
+        }
+    }
+    // The largest storm again, with oomtrace's stdout unread for its first seconds: the ring
+    // reader must keep draining, so that nothing is lost once the pipe is read again.
+    if let Some(&k) = kills.iter().max().filter(|_| want("stall")) {
+        util::check_interrupted()?;
+        match capture::storm(&ctx, k, args.cgroups.max(1), Some(STALL)) {
+            Ok(s) => storms.push(s),
+            Err(e) => failures.push(format!("storm {k} with stdout stalled: {e:#}")),
         }
     }
     results["storms"] = Value::Array(storms.iter().map(capture::StormResult::json).collect());
@@ -275,6 +285,8 @@ fn main() -> Result<()> {
 
 /// The image is pulled onto every node: at most this big.
 const IMAGE_TARGET_BYTES: u64 = 20_000_000;
+/// How long the stalled storm leaves oomtrace's stdout unread.
+const STALL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Private copies of the binaries under test, removed when dropped.
 struct BinCopy(PathBuf);
@@ -385,6 +397,13 @@ fn print_machine(m: &Value) {
     );
 }
 
+fn storm_name(s: &capture::StormResult) -> String {
+    match s.stalled {
+        Some(d) => format!("{} kills, stdout stalled {} s", s.target, d.as_secs()),
+        None => format!("{} kills / {} memcgs", s.target, s.cgroups),
+    }
+}
+
 fn print_storms(storms: &[capture::StormResult]) {
     if storms.is_empty() {
         return;
@@ -405,7 +424,7 @@ fn print_storms(storms: &[capture::StormResult]) {
         let o: Vec<String> = s.observers.iter().map(|x| x.show(s.kernel)).collect();
         println!(
             "{:<22} {:>7} {:>7.1} {:>8.0} | {:<16} {:<16} {:<22} {:<18} {}",
-            format!("{} kills / {} memcgs", s.target, s.cgroups),
+            storm_name(s),
             s.kernel,
             s.secs,
             s.kernel as f64 / s.secs,
@@ -441,7 +460,7 @@ fn print_latency(storms: &[capture::StormResult], iso: Option<&capture::Isolated
     for s in storms {
         println!(
             "{:<26} {:<28} {}",
-            format!("storm {} kills", s.target),
+            storm_name(s),
             s.oomtrace_latency.show(),
             s.bpftrace_latency.show()
         );

@@ -31,6 +31,9 @@ pub struct OomtraceWatch {
     bad_lines: Arc<Mutex<Vec<String>>>,
     /// The `watching for OOM kills (strategy: …)` line.
     pub strategy: String,
+    /// While set, its stdout is not read (a log pipe that stopped reading): once the pipe is
+    /// full, every write of oomtrace's blocks.
+    stalled: Arc<AtomicBool>,
 }
 
 impl OomtraceWatch {
@@ -55,9 +58,13 @@ impl OomtraceWatch {
         };
         let events = Arc::new(Mutex::new(Vec::new()));
         let bad_lines = Arc::new(Mutex::new(Vec::new()));
-        let (ev, bad) = (events.clone(), bad_lines.clone());
+        let stalled = Arc::new(AtomicBool::new(false));
+        let (ev, bad, stall) = (events.clone(), bad_lines.clone(), stalled.clone());
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
+                while stall.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 let read_at_ns = realtime_ns();
                 match serde_json::from_str::<Value>(&line) {
                     Ok(event) => ev.lock().unwrap().push(Arrived { event, read_at_ns }),
@@ -83,6 +90,7 @@ impl OomtraceWatch {
             stderr,
             bad_lines,
             strategy: String::new(),
+            stalled,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -102,6 +110,16 @@ impl OomtraceWatch {
                 Err(_) => {}
             }
         }
+    }
+
+    /// Stops reading its stdout for `d` (from now, in the background).
+    pub fn stall_for(&self, d: Duration) {
+        let stalled = self.stalled.clone();
+        stalled.store(true, Ordering::SeqCst);
+        std::thread::spawn(move || {
+            std::thread::sleep(d);
+            stalled.store(false, Ordering::SeqCst);
+        });
     }
 
     pub fn stderr_text(&self) -> String {

@@ -215,27 +215,27 @@ pub fn gather(
         }
         tasks.extend(task_rss(pid));
     }
-    // The victim as the kernel saw it at the kill (by now its memory is being reaped).
-    if let (Some(pid), Some(a), Some(f), Some(s)) = (
-        victim,
-        ev.victim.rss_anon_bytes,
-        ev.victim.rss_file_bytes,
-        ev.victim.rss_shmem_bytes,
-    ) {
-        tasks.push(TaskRss {
-            pid,
-            comm: ev.victim.comm.clone().unwrap_or_default(),
-            rss_bytes: crate::model::rss_total(a, f, s),
-            rss_anon_bytes: a,
-            rss_file_bytes: f,
-            rss_shmem_bytes: s,
-        });
-    }
+    tasks.extend(victim_task(ev));
     tasks.sort_by(|a, b| b.rss_bytes.cmp(&a.rss_bytes).then(a.pid.cmp(&b.pid)));
     tasks.truncate(TOP_TASKS);
     x.tasks = tasks;
     x.details_after_ms = killed_at.elapsed().ok().map(|d| d.as_secs_f64() * 1000.0);
     Some((x, walk.cut))
+}
+
+/// The victim as the kernel saw it at the kill (by now its memory is being reaped): listed
+/// even when nothing else could be read.
+pub fn victim_task(ev: &OomKill) -> Option<TaskRss> {
+    let v = &ev.victim;
+    let (a, f, s) = (v.rss_anon_bytes?, v.rss_file_bytes?, v.rss_shmem_bytes?);
+    Some(TaskRss {
+        pid: v.pid?,
+        comm: v.comm.clone().unwrap_or_default(),
+        rss_bytes: crate::model::rss_total(a, f, s),
+        rss_anon_bytes: a,
+        rss_file_bytes: f,
+        rss_shmem_bytes: s,
+    })
 }
 
 fn pct(part: u64, whole: u64) -> u64 {

@@ -218,8 +218,9 @@ fn export_once(
     }
 }
 
-/// Stage 4: the explanation, read on the blocking pool and given up after its budget (the
-/// kill then goes out with the verdict alone; the overrun is counted).
+/// Stage 6: the explanation, read on the blocking pool and given up after its budget (the
+/// kill then goes out with the verdict and the victim's own row alone; the overrun is
+/// counted).
 async fn explain(
     ev: &OomKill,
     h: Option<&Hierarchies>,
@@ -247,7 +248,10 @@ async fn explain(
         }
         Err(_) => {
             stats.explain_overruns.fetch_add(1, Relaxed);
-            None
+            Some(crate::model::Explanation {
+                tasks: crate::explain::victim_task(ev).into_iter().collect(),
+                ..Default::default()
+            })
         }
     }
 }
