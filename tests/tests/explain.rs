@@ -5,7 +5,7 @@ use oomtrace_tests::oomtrace_proc::{in_cgroup, Watch};
 use oomtrace_tests::require_root_and_btf;
 use serde_json::Value;
 use std::os::unix::process::ExitStatusExt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const MIB: u64 = 1 << 20;
 
@@ -79,12 +79,37 @@ fn the_oom_cgroups_tasks_are_listed_with_their_rss() {
     }
 }
 
+fn is_warning_for(v: &Value, cg: &TestCgroup) -> bool {
+    v["schema"] == "oomtrace.memory_pressure/v1" && v["cgroup"] == cg.rel.as_str()
+}
+
 fn pressure_for(w: &Watch, cg: &TestCgroup) -> Value {
-    let warn = w.collect(1, Duration::from_secs(30), |v| {
-        v["schema"] == "oomtrace.memory_pressure/v1" && v["cgroup"] == cg.rel.as_str()
-    });
+    let warn = w.collect(1, Duration::from_secs(30), |v| is_warning_for(v, cg));
     assert_eq!(warn.len(), 1, "no pressure event; stderr:\n{}", w.stderr_text());
     warn.into_iter().next().unwrap()
+}
+
+/// The first warning for `cg` and the kill in it, in whichever order oomtrace printed them:
+/// warnings and kills come from two rings, so a kill may be printed before the warning that
+/// preceded it in the kernel.
+fn warning_and_kill(w: &Watch, cg: &TestCgroup) -> (Value, Value) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let is_kill = in_cgroup(cg.rel.clone());
+    let (mut warning, mut kill) = (None, None);
+    while warning.is_none() || kill.is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(v) = w.collect(1, left, |v| is_warning_for(v, cg) || is_kill(v)).pop() else { break };
+        if is_warning_for(&v, cg) {
+            warning.get_or_insert(v);
+        } else {
+            kill.get_or_insert(v);
+        }
+    }
+    let stderr = w.stderr_text();
+    (
+        warning.unwrap_or_else(|| panic!("no pressure event; stderr:\n{stderr}")),
+        kill.unwrap_or_else(|| panic!("no kill event for the hog; stderr:\n{stderr}")),
+    )
 }
 
 #[test]
@@ -100,14 +125,12 @@ fn reclaim_at_the_limit_warns_before_the_kill() {
         // come before the kill.
         let mut hog = cg.spawn_hog(&Hog::anon(256)).unwrap();
         assert_eq!(hog.wait().unwrap().signal(), Some(libc::SIGKILL));
-        let p = pressure_for(&w, &cg);
+        let (p, first) = warning_and_kill(&w, &cg);
         assert_eq!(p["reason"], "max");
         assert_eq!(p["limit_bytes"], 48 * MIB);
         assert!(p["usage_bytes"].as_u64().unwrap() + 4 * MIB >= 48 * MIB, "{p:#}");
         assert_eq!(p["task"]["comm"], "oomtrace-hog");
-        let first = w.collect(1, Duration::from_secs(30), in_cgroup(cg.rel.clone()));
-        assert_eq!(first.len(), 1, "the hog's kill; stderr:\n{}", w.stderr_text());
-        assert!(first[0]["time"].as_str().unwrap() > p["time"].as_str().unwrap(), "the kill follows the warning");
+        assert!(first["time"].as_str().unwrap() > p["time"].as_str().unwrap(), "the kill follows the warning");
         p
     } else {
         // cgroup v2: throttle at memory.high — the charge path reclaims above it without
