@@ -56,7 +56,9 @@ fn read_at(dir: &str) -> Option<Process> {
     }
     let go_binary = match argv.first() {
         Some(a) if by_program(a).is_some() => Some(false),
-        _ => go_binary(&format!("{dir}/exe")),
+        // The executable is gone too (the task is exiting): what it runs is not known, so
+        // the process counts as not read and the pod spec is asked.
+        _ => Some(go_binary(&format!("{dir}/exe"))?),
     };
     Some(Process {
         argv,
