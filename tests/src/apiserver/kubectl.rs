@@ -58,12 +58,17 @@ fn age(secs: i64) -> String {
     }
 }
 
-fn since(time: &Value) -> Option<String> {
+/// The age of `time` at `now` (seconds since the epoch).
+fn since(time: &Value, now: i64) -> Option<String> {
     let t: k8s_openapi::jiff::Timestamp = time.as_str()?.parse().ok()?;
-    // From the system clock: `Timestamp::now` needs jiff's `std` feature, which only some
-    // builds of this crate unify in (the bench's does not).
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
-    Some(age(i64::try_from(now).ok()?.saturating_sub(t.as_second())))
+    Some(age(now.saturating_sub(t.as_second())))
+}
+
+/// Now, from the system clock: `Timestamp::now` needs jiff's `std` feature, which only some
+/// builds of this crate unify in (the bench's does not).
+fn now_secs() -> i64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    i64::try_from(now).unwrap_or(i64::MAX)
 }
 
 /// The Table of a list of core v1 Events, with kube-apiserver's Event columns and cells
@@ -83,7 +88,9 @@ pub(super) fn event_table(list: &Value) -> Value {
         ("Name", "string", 1),
     ]
     .map(|(name, ty, priority)| json!({"name": name, "type": ty, "format": "", "description": "", "priority": priority}));
-    let rows: Vec<Value> = list["items"].as_array().into_iter().flatten().map(event_row).collect();
+    // One clock reading for the whole table, so every row's age is taken at the same instant.
+    let now = now_secs();
+    let rows: Vec<Value> = list["items"].as_array().into_iter().flatten().map(|e| event_row(e, now)).collect();
     json!({
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
@@ -93,12 +100,12 @@ pub(super) fn event_table(list: &Value) -> Value {
     })
 }
 
-fn event_row(e: &Value) -> Value {
+fn event_row(e: &Value, now: i64) -> Value {
     let s = |v: &Value| v.as_str().unwrap_or("").to_string();
-    let first = since(&e["eventTime"]).or_else(|| since(&e["firstTimestamp"])).unwrap_or_else(|| "<unknown>".into());
+    let first = since(&e["eventTime"], now).or_else(|| since(&e["firstTimestamp"], now)).unwrap_or_else(|| "<unknown>".into());
     let (last, count) = match e["series"].as_object() {
-        Some(series) => (since(&series["lastObservedTime"]), series["count"].as_i64().unwrap_or(1)),
-        None => (since(&e["lastTimestamp"]), e["count"].as_i64().unwrap_or(1).max(1)),
+        Some(series) => (since(&series["lastObservedTime"], now), series["count"].as_i64().unwrap_or(1)),
+        None => (since(&e["lastTimestamp"], now), e["count"].as_i64().unwrap_or(1).max(1)),
     };
     let last = last.unwrap_or_else(|| first.clone());
     let interval = if count > 1 { format!("{last} (x{count} over {first})") } else { last };
@@ -134,13 +141,15 @@ mod tests {
 
     #[test]
     fn a_repeat_says_how_often() {
-        let now = k8s_openapi::jiff::Timestamp::now();
+        // A fixed clock: with the system's, the ages move on whenever a second turns between
+        // building the Event and rendering it (seen on a slow guest as "1s (x3 over 91s)").
+        let now: k8s_openapi::jiff::Timestamp = "2026-12-03T10:00:00.5Z".parse().unwrap();
         let e = json!({"metadata": {"name": "a.1", "namespace": "shop"}, "type": "Warning", "reason": "OOMKill",
                        "eventTime": (now - k8s_openapi::jiff::SignedDuration::from_secs(90)).to_string(),
                        "series": {"count": 3, "lastObservedTime": now.to_string()},
                        "involvedObject": {"kind": "Pod", "name": "web-1"}, "message": "killed ",
                        "reportingComponent": "oomtrace", "reportingInstance": "n1"});
-        let cells = &event_row(&e)["cells"];
+        let cells = &event_row(&e, now.as_second())["cells"];
         assert_eq!(cells[0], "0s (x3 over 90s)");
         assert_eq!((cells[3].as_str(), cells[5].as_str(), cells[6].as_str()), (Some("pod/web-1"), Some("oomtrace, n1"), Some("killed")));
         assert!(wants_table(Some("application/json;as=Table;v=v1;g=meta.k8s.io,application/json")));
