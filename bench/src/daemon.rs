@@ -47,7 +47,7 @@ impl Cost {
     }
 }
 
-fn measure(pid: u32, window: Duration) -> Result<Cost> {
+pub fn measure(pid: u32, window: Duration) -> Result<Cost> {
     let c0 = cpu_seconds(pid)?;
     let t0 = Instant::now();
     sleep(window)?;
@@ -65,7 +65,7 @@ fn measure(pid: u32, window: Duration) -> Result<Cost> {
 }
 
 /// Polls VmRSS until it stops moving (3 samples 500 ms apart within 1 %), at most `timeout`.
-fn settle_rss(pid: u32, timeout: Duration) -> Result<u64> {
+pub fn settle_rss(pid: u32, timeout: Duration) -> Result<u64> {
     let end = Instant::now() + timeout;
     let mut last = Vec::new();
     loop {

@@ -22,6 +22,7 @@ macro_rules! say {
 
 mod capture;
 mod daemon;
+mod history;
 mod observers;
 mod overhead;
 mod util;
@@ -63,9 +64,10 @@ pub struct Args {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Run only these parts: capture (storms), stall (the largest storm with oomtrace's
-    /// stdout unread for 10 s), latency (isolated kills), overhead, daemon, image (the
+    /// stdout unread for 10 s), latency (isolated kills), overhead, daemon, history (the
+    /// memory history's sampling cost with 100 and 1 000 limited cgroups), image (the
     /// container image's size; `cargo xtask bench` builds the image first).
-    #[arg(long, value_delimiter = ',', value_parser = ["capture", "stall", "latency", "overhead", "daemon", "image"])]
+    #[arg(long, value_delimiter = ',', value_parser = ["capture", "stall", "latency", "overhead", "daemon", "history", "image"])]
     only: Option<Vec<String>>,
     /// Also write every storm's raw observations (oomtrace events with their read times,
     /// bpftrace lines, kernel log lines) to this directory, for digging into a result.
@@ -236,6 +238,12 @@ fn main() -> Result<()> {
         "pod_index": pods.iter().map(daemon::PodsResult::json).collect::<Vec<_>>(),
         "bytes_per_pod": bytes_per_pod(&pods),
     });
+    util::check_interrupted()?;
+    let history = want("history")
+        .then(|| history::cost(&ctx, idle_window).map_err(|e| failures.push(format!("history cost: {e:#}"))).ok())
+        .flatten();
+    results["history"] = history.as_ref().map(history::HistoryResult::json).unwrap_or(Value::Null);
+    write(&results)?;
     let image = want("image")
         .then(|| {
             xtask::image::size(xtask::image::TAG)
@@ -255,6 +263,9 @@ fn main() -> Result<()> {
         print_overhead(o);
     }
     print_daemon(idle.as_ref(), &pods);
+    if let Some(h) = &history {
+        h.print();
+    }
     if let Some(bytes) = image {
         let verdict = if bytes <= IMAGE_TARGET_BYTES { "within" } else { "OVER" };
         println!(

@@ -7,10 +7,9 @@
 //! normalised to one set; a figure a hierarchy does not have is `null`.
 use crate::cgroup_fs::{read, read_u64, Hierarchies, MemoryVersion};
 use crate::model::{
-    Ceiling, Constraint, DetailsSource, Explanation, Level, MemoryStat, OomKill, Pressure, Recommendation,
-    RuntimeName, TaskRss,
+    Constraint, DetailsSource, Explanation, Level, MemoryStat, OomKill, Pressure, Recommendation, TaskRss,
 };
-use crate::output::human;
+use crate::recommend::pct;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -238,14 +237,6 @@ pub fn victim_task(ev: &OomKill) -> Option<TaskRss> {
     })
 }
 
-fn pct(part: u64, whole: u64) -> u64 {
-    if whole == 0 {
-        0
-    } else {
-        // In u128: `part * 100` cannot overflow there.
-        u64::try_from(u128::from(part) * 100 / u128::from(whole)).unwrap_or(u64::MAX)
-    }
-}
 
 /// Adds the OOM cgroup's breakdown (when one was gathered), the verdict and the
 /// recommendation to `ev`.
@@ -265,13 +256,26 @@ pub fn apply(ev: &mut OomKill, details: Option<Explanation>) {
 ///    under its own";
 /// 3. page cache + tmpfs ≥ 50 % of usage → "page cache + tmpfs (shmem) made up N % of usage";
 /// 4. kernel memory ≥ 30 % → "kernel memory (slab, sockets, …) made up N % of usage";
-/// 5. the victim's runtime ceiling against the limit (see [`runtime_rule`]), with a
+/// 5. the victim's runtime ceiling against the limit (see [`crate::recommend::runtime`]), with a
 ///    recommendation;
 /// 6. the victim's own anon memory ≥ 50 % of the limit → "anon memory of <comm> filled the
 ///    <scope> limit";
 /// 7. anon ≥ 50 % → "anon memory of several processes filled the <scope> limit";
 /// 8. otherwise "<scope> limit hit".
+///
+/// The OOM cgroup's trend then adds how usage moved (see [`crate::trend::phrase`]) and, where
+/// no runtime setting is named, what follows from it (see [`crate::recommend::from_trend`]).
 pub fn judge(ev: &OomKill, x: Option<&Explanation>) -> (String, Option<Recommendation>) {
+    let (verdict, recommendation) = finding(ev, x);
+    let verdict = match ev.oom.trend.as_ref().and_then(|t| crate::trend::phrase(t, ev.oom.limit_bytes)) {
+        Some(how) => format!("{verdict}; {how}"),
+        None => verdict,
+    };
+    (verdict, recommendation.or_else(|| crate::recommend::from_trend(ev, x)))
+}
+
+/// Rules 1–8 of [`judge`].
+fn finding(ev: &OomKill, x: Option<&Explanation>) -> (String, Option<Recommendation>) {
     let comm = ev.victim.comm.as_deref().unwrap_or("the victim");
     let plain = |v: String| (v, None);
     match ev.oom.constraint {
@@ -306,7 +310,7 @@ pub fn judge(ev: &OomKill, x: Option<&Explanation>) -> (String, Option<Recommend
     }
     let victim_anon = ev.victim.rss_anon_bytes.unwrap_or(0);
     if let Some(limit) = ev.oom.limit_bytes {
-        if let Some(r) = runtime_rule(ev, limit, scope) {
+        if let Some(r) = crate::recommend::runtime(ev, limit, scope) {
             return (format!("{}: {}", r.reason, r.action), Some(r));
         }
         if pct(victim_anon, limit) >= 50 {
@@ -319,93 +323,6 @@ pub fn judge(ev: &OomKill, x: Option<&Explanation>) -> (String, Option<Recommend
         }
     }
     plain(format!("{scope} limit hit"))
-}
-
-/// Rule 5: the victim's runtime and its ceiling against the `limit` it was killed at, when
-/// the victim itself held at least half of it (its RSS at the kill, `rss`):
-/// - a ceiling not below the limit: the runtime grows into the kernel's kill before its own
-///   collector is pressed (→ lower the setting, or raise the limit above the ceiling);
-/// - JVM / Node: memory beyond the heap ceiling (`rss − ceiling`) at least as large as the
-///   heap itself: native memory filled the limit, not the heap (→ no heap setting);
-/// - JVM / Node otherwise: the ceiling leaves `limit − ceiling` for the rest of the process,
-///   which did not fit (→ lower the setting or raise the limit);
-/// - Go under GOMEMLIMIT: live memory outgrew a soft limit; Go without it: the GC paced by
-///   GOGC alone (→ set GOMEMLIMIT below the limit);
-/// - Python: no ceiling to set.
-fn runtime_rule(ev: &OomKill, limit: u64, scope: &str) -> Option<Recommendation> {
-    let rt = ev.victim.runtime.as_ref()?;
-    let rss = ev.victim.rss_bytes()?;
-    if pct(rss, limit) < 50 {
-        return None;
-    }
-    let l = human(Some(limit));
-    let comm = ev.victim.comm.as_deref().unwrap_or("the victim");
-    let rec = |reason: String, action: String, setting: Option<&str>, limit_bytes: Option<u64>| Recommendation {
-        action,
-        reason,
-        setting: setting.map(str::to_string),
-        limit_bytes,
-    };
-    let (what, rest) = match rt.name {
-        RuntimeName::Jvm => ("JVM heap max", "metaspace, threads and native memory"),
-        RuntimeName::Node => ("Node old space max", "V8's young generation, code and native memory"),
-        RuntimeName::Go => ("GOMEMLIMIT", "memory the Go runtime does not manage"),
-        RuntimeName::Python => {
-            return Some(rec(
-                format!("{comm} (Python) filled the {scope} limit {l}, and CPython has no heap ceiling"),
-                "raise the limit or reduce what the program keeps in memory".into(),
-                None,
-                None,
-            ))
-        }
-    };
-    let knob = match &rt.ceiling {
-        Ceiling::Set(k) => k,
-        Ceiling::None if rt.name == RuntimeName::Go => {
-            return Some(rec(
-                format!("{comm} (Go) filled the {scope} limit {l} with no GOMEMLIMIT: its GC is paced by GOGC alone"),
-                format!("set GOMEMLIMIT below the limit {l}, so the GC works harder before the kernel kills"),
-                Some("GOMEMLIMIT"),
-                None,
-            ))
-        }
-        Ceiling::None | Ceiling::Unknown => return None,
-    };
-    let h = rt.heap_max_bytes?;
-    let hh = human(Some(h));
-    if h >= limit {
-        return Some(rec(
-            format!("{what} {hh} ({}) is not below the {scope} limit {l}: the kernel kills before the runtime must collect", rt.setting),
-            format!("lower {} below the limit, leaving room for {rest}, or raise the limit above {hh}", knob.flag),
-            Some(knob.name),
-            Some(h),
-        ));
-    }
-    if rt.name == RuntimeName::Go {
-        return Some(rec(
-            format!("{comm} (Go) held {} past its {what} {hh} ({}), a soft limit, up to the {scope} limit {l}", human(Some(rss)), rt.setting),
-            "raise the limit or shrink what the program keeps alive: the GC cannot free live memory".into(),
-            None,
-            None,
-        ));
-    }
-    let beyond = rss.saturating_sub(h);
-    if beyond >= h {
-        return Some(rec(
-            format!("{comm} held {} with a {what} of {hh} ({}): at least {} beyond the heap, in {rest}", human(Some(rss)), rt.setting, human(Some(beyond))),
-            "find the off-heap memory (direct buffers, thread stacks, native libraries) and cap it, or raise the limit: the heap setting is not what filled it".into(),
-            None,
-            None,
-        ));
-    }
-    let of = if knob.name == "MaxRAMPercentage" { format!(" of {l}") } else { String::new() };
-    let value = if knob.value.is_empty() { String::new() } else { format!(" below {}", knob.value) };
-    Some(rec(
-        format!("{what} {hh} ({}{of}) leaves {} for {rest}", rt.setting, human(Some(limit - h))),
-        format!("lower {}{value} or raise the limit", knob.flag),
-        Some(knob.name),
-        None,
-    ))
 }
 
 #[cfg(test)]

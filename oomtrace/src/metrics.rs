@@ -79,6 +79,8 @@ pub struct Metrics {
     oom_limit: Family<WorkloadLabels, Gauge>,
     build: Family<BuildLabels, Gauge>,
     pressure: Family<PressureLabels, Counter>,
+    history_cgroups: Gauge,
+    history_untracked: Gauge,
     seen: Mutex<HashSet<WorkloadLabels>>,
     /// The running totals already added to each counter fed from totals.
     totals: Mutex<HashMap<&'static str, u64>>,
@@ -203,6 +205,18 @@ impl Metrics {
             "Early warnings: a memory cgroup reclaiming at memory.max or above memory.high (with --warnings)",
             pressure.clone(),
         );
+        let history_cgroups = Gauge::default();
+        registry.register(
+            "history_cgroups",
+            "Limited memory cgroups whose usage history is sampled",
+            history_cgroups.clone(),
+        );
+        let history_untracked = Gauge::default();
+        registry.register(
+            "history_cgroups_untracked",
+            "Limited memory cgroups left unsampled by the history's cap (their kills get no trend)",
+            history_untracked.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         registry.register(
             "build_info",
@@ -226,6 +240,8 @@ impl Metrics {
             oom_limit,
             build,
             pressure,
+            history_cgroups,
+            history_untracked,
             seen: Mutex::new(HashSet::new()),
             totals: Mutex::new(HashMap::new()),
         }
@@ -354,6 +370,8 @@ impl Metrics {
             ),
             ("malformed", self.malformed.clone(), s.malformed),
         ];
+        self.history_cgroups.set(i64::try_from(s.history_cgroups).unwrap_or(i64::MAX));
+        self.history_untracked.set(i64::try_from(s.history_untracked).unwrap_or(i64::MAX));
         let mut done = self.totals.lock().expect("metrics lock");
         for (key, counter, total) in fed {
             let prev = done.entry(key).or_insert(0);

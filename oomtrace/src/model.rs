@@ -295,9 +295,41 @@ pub struct Oom {
     /// Breakdown, top tasks and pressure of the OOM cgroup (see `explain`).
     #[serde(flatten)]
     pub details: Explanation,
-    /// What to change, when the evidence names it (see `explain::verdict`).
+    /// The OOM cgroup's usage before the kill, `[seconds_before_kill, usage_bytes]` oldest
+    /// first (see `history::points`); `null` when it was not followed.
+    pub history: Option<Vec<(f64, u64)>>,
+    /// How that usage moved (see `trend`); `null` when the cgroup was not followed.
+    pub trend: Option<Trend>,
+    /// What to change, when the evidence names it (see `recommend`).
     pub recommendation: Option<Recommendation>,
     pub source: OomSource,
+}
+
+/// How the OOM cgroup's usage moved before the kill.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Trend {
+    /// Grew along a line for minutes.
+    Leak { growth_bytes_per_min: u64, since_s: u64 },
+    /// From under half the limit to the limit within seconds.
+    Spike { from_bytes: u64, seconds: f64 },
+    /// Within a few percent of the limit for `seconds` before the kill.
+    AtLimit { seconds: u64 },
+    Steady,
+    /// Too little history.
+    Unknown,
+}
+
+impl Trend {
+    pub const fn kind(&self) -> &'static str {
+        match self {
+            Trend::Leak { .. } => "leak",
+            Trend::Spike { .. } => "spike",
+            Trend::AtLimit { .. } => "at_limit",
+            Trend::Steady => "steady",
+            Trend::Unknown => "unknown",
+        }
+    }
 }
 
 /// What to change so the kill does not come back, from the evidence of this one.

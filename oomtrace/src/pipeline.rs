@@ -7,17 +7,21 @@
 //! 3. the OOM domain: which cgroup's limit was hit ([`DomainTracker`]);
 //! 4. decode, pure: the kernel record and what the stages before found become the event
 //!    ([`Decoder`]);
-//! 5. attribution to a pod and container, and the pod spec's runtime settings when procfs
+//! 5. the OOM cgroup's memory history up to the kill and its trend ([`History`], sampled by
+//!    [`history_sampler`] on a thread of its own);
+//! 6. attribution to a pod and container, and the pod spec's runtime settings when procfs
 //!    was too late ([`Attributor`]);
-//! 6. the explanation, read off the async runtime within a per-event [`Budget`];
-//! 7. incidents: the victims of one OOM held together ([`Incidents`]);
-//! 8. the sinks, in kill order.
+//! 7. the explanation, read off the async runtime within a per-event [`Budget`];
+//! 8. incidents: the victims of one OOM held together ([`Incidents`]);
+//! 9. the sinks, in kill order.
 //!
 //! The counters are exported every second by a task of their own ([`export_counters`]), so
 //! they stay fresh while a stage is slow. On SIGINT/SIGTERM the reader empties the ring,
 //! then the stages finish within [`EXIT_DEADLINE`]; what is left is counted and logged.
 use crate::cgroup_fs::Hierarchies;
 use crate::event::{victim_cgroup, Decoder};
+use crate::history::History;
+use crate::history_sampler;
 use crate::oom_domain::DomainTracker;
 use crate::victim_procfs;
 use crate::model::OomKill;
@@ -116,11 +120,16 @@ pub struct Snapshot {
     pub emitted: u64,
     pub explain_overruns: u64,
     pub exit_lost: u64,
+    /// Limited cgroups whose memory history is kept, and those left out by the cap.
+    pub history_cgroups: u64,
+    pub history_untracked: u64,
 }
 
 impl Snapshot {
-    fn of(kernel: Counters, s: &Stats) -> Self {
+    fn of(kernel: Counters, s: &Stats, h: &History) -> Self {
         Self {
+            history_cgroups: h.tracked.load(Relaxed),
+            history_untracked: h.untracked.load(Relaxed),
             kernel,
             queue_lost_kills: s.queue_lost_kills.load(Relaxed),
             queue_lost_invocation_ends: s.queue_lost_invocation_ends.load(Relaxed),
@@ -139,6 +148,7 @@ async fn read_ring(
     mut tracer: Tracer,
     queue: mpsc::Sender<Record>,
     stats: Arc<Stats>,
+    history: Arc<History>,
     mut stop: watch::Receiver<bool>,
 ) -> u64 {
     let mut batch = Vec::new();
@@ -153,7 +163,7 @@ async fn read_ring(
             }
             _ = stop.changed() => break,
         }
-        forward(&mut batch, &queue, &stats);
+        forward(&mut batch, &queue, &stats, &history);
         stats.malformed.store(tracer.malformed, Relaxed);
     }
     tracer.detach();
@@ -161,6 +171,9 @@ async fn read_ring(
     stats.malformed.store(tracer.malformed, Relaxed);
     let mut unsent = 0;
     for rec in batch.drain(..) {
+        if matches!(rec, Record::Victim(_)) {
+            history.kill_queued();
+        }
         if let Err(mpsc::error::SendError(rec)) = queue.send(rec).await {
             unsent += u64::from(matches!(rec, Record::Victim(_)));
         }
@@ -170,13 +183,19 @@ async fn read_ring(
 }
 
 /// Queues `batch` without waiting; a full queue drops the record and counts it by kind.
-fn forward(batch: &mut Vec<Record>, queue: &mpsc::Sender<Record>, stats: &Stats) {
+fn forward(batch: &mut Vec<Record>, queue: &mpsc::Sender<Record>, stats: &Stats, history: &History) {
     for rec in batch.drain(..) {
+        if matches!(rec, Record::Victim(_)) {
+            history.kill_queued();
+        }
         if let Err(mpsc::error::TrySendError::Full(rec) | mpsc::error::TrySendError::Closed(rec)) =
             queue.try_send(rec)
         {
             match rec {
-                Record::Victim(_) => &stats.queue_lost_kills,
+                Record::Victim(_) => {
+                    history.kill_taken();
+                    &stats.queue_lost_kills
+                }
                 Record::InvocationEnd(_) => &stats.queue_lost_invocation_ends,
                 Record::Pressure(_) => &stats.queue_lost_warnings,
             }
@@ -189,13 +208,14 @@ fn forward(batch: &mut Vec<Record>, queue: &mpsc::Sender<Record>, stats: &Stats)
 fn export_counters(
     counters: Arc<KernelCounters>,
     stats: Arc<Stats>,
+    history: Arc<History>,
     mut export: impl FnMut(&Snapshot) + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
-            export_once(&counters, &stats, &mut export);
+            export_once(&counters, &stats, &history, &mut export);
         }
     })
 }
@@ -203,11 +223,12 @@ fn export_counters(
 fn export_once(
     counters: &KernelCounters,
     stats: &Stats,
+    history: &History,
     export: &mut impl FnMut(&Snapshot),
 ) -> Option<Snapshot> {
     match counters.read() {
         Ok(k) => {
-            let s = Snapshot::of(k, stats);
+            let s = Snapshot::of(k, stats, history);
             export(&s);
             Some(s)
         }
@@ -218,7 +239,21 @@ fn export_once(
     }
 }
 
-/// Stage 6: the explanation, read on the blocking pool and given up after its budget (the
+/// Stage 5: the OOM cgroup's samples up to the kill, as `oom.history` (`null` for a cgroup
+/// the sampler did not follow) and `oom.trend` (`unknown` then; `null` for a kill that hit
+/// no cgroup limit).
+fn history_of(ev: &mut OomKill, history: &History) {
+    history.kill_taken();
+    let (Some(path), Some(limit)) = (ev.oom.cgroup.as_deref(), ev.oom.limit_bytes) else { return };
+    if ev.oom.constraint != Some(crate::model::Constraint::Memcg) {
+        return;
+    }
+    let samples = history.before(path, ev.killed_at().unwrap_or_else(std::time::SystemTime::now));
+    ev.oom.trend = Some(crate::trend::classify(samples.as_deref().unwrap_or_default(), limit));
+    ev.oom.history = samples.map(|s| crate::history::points(&s));
+}
+
+/// Stage 7: the explanation, read on the blocking pool and given up after its budget (the
 /// kill then goes out with the verdict and the victim's own row alone; the overrun is
 /// counted).
 async fn explain(
@@ -276,14 +311,17 @@ pub async fn trace(
     let mut domains = DomainTracker::new(hierarchies.clone());
     let decoder = Decoder::new(node.clone());
     let mut incidents = Incidents::default();
+    let history = Arc::new(History::default());
+    let stop_sampler = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = hierarchies.as_ref().and_then(|h| history_sampler::spawn(h, history.clone(), stop_sampler.clone()));
     sink.attached(&tracer.strategy);
     eprintln!("watching for OOM kills (strategy: {})", tracer.strategy);
 
     let (tx, mut rx) = mpsc::channel(QUEUE);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let reader = tokio::spawn(read_ring(tracer, tx, stats.clone(), stop_rx));
+    let reader = tokio::spawn(read_ring(tracer, tx, stats.clone(), history.clone(), stop_rx));
     let counters = Arc::new(counters);
-    let exporter = export_counters(counters.clone(), stats.clone(), export.clone());
+    let exporter = export_counters(counters.clone(), stats.clone(), history.clone(), export.clone());
     let budget = Budget::default();
     let mut lost_attached = 0u64; // kills lost already reported on an event
     let mut exit_by: Option<Instant> = None;
@@ -302,6 +340,7 @@ pub async fn trace(
                     let lost = lost_now.saturating_sub(lost_attached);
                     let mut ev = decoder.decode(&raw, seen, cgroup, domain, lost);
                     lost_attached = lost_now;
+                    history_of(&mut ev, &history);
                     attributor.enrich(&mut ev);
                     let details = explain(&ev, hierarchies.as_ref(), budget, &stats).await;
                     crate::explain::apply(&mut ev, details);
@@ -357,9 +396,11 @@ pub async fn trace(
     }
     tokio::task::block_in_place(|| sink.finish(Instant::now() + FINISH));
     exporter.abort();
+    stop_sampler.store(true, Relaxed);
+    drop(sampler); // detached: it sees `stop` within a second
     // The reader detached the programs and emptied the rings: the counters are final.
     let mut export = export;
-    if let Some(s) = export_once(&counters, &stats, &mut export) {
+    if let Some(s) = export_once(&counters, &stats, &history, &mut export) {
         tracing::info!(
             "stopping: the kernel saw {} victims; {} emitted, lost {} in the kernel, {} in the queue, {} at exit",
             s.kernel.seen,

@@ -221,11 +221,13 @@ pub struct Hog {
     pub hold_ms: u64,
     /// Run as PID 1 of a new pid namespace (a container's main process).
     pub pid1: bool,
+    /// Pause after each MiB (0: as fast as it can), for a slow leak.
+    pub step_ms: u64,
 }
 
 impl Hog {
     pub fn anon(mib: u64) -> Self {
-        Self { mib, kind: HogKind::Anon, hold_ms: 0, pid1: false }
+        Self { mib, kind: HogKind::Anon, hold_ms: 0, pid1: false, step_ms: 0 }
     }
 
     pub fn command(&self) -> Command {
@@ -237,6 +239,7 @@ impl Hog {
             })
             .arg(self.hold_ms.to_string())
             .args(self.pid1.then_some("pid1"))
+            .env("OOMTRACE_HOG_STEP_MS", self.step_ms.to_string())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null());
         c

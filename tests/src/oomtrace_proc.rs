@@ -210,6 +210,17 @@ pub fn check_schema(v: Value) -> Result<Value, String> {
     }
 }
 
+/// The verdict's finding: the verdict without the clause the OOM cgroup's trend adds (which
+/// depends on how long the cgroup lived before the kill).
+pub fn finding(e: &Value) -> &str {
+    let v = e["verdict"].as_str().unwrap_or_else(|| panic!("no verdict: {e:#}"));
+    ["; grew steadily ", "; jumped from ", "; sat within "]
+        .iter()
+        .filter_map(|clause| v.find(clause))
+        .min()
+        .map_or(v, |at| &v[..at])
+}
+
 /// `victim.pid == pid`.
 pub fn victim_is(pid: u32) -> impl Fn(&Value) -> bool {
     move |v| v["victim"]["pid"].as_u64() == Some(pid as u64)

@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::{Container, EnvVar};
 use oomtrace_tests::apiserver::{container_id, containerd_id, pod};
 use oomtrace_tests::cgroup::TestCgroup;
 use oomtrace_tests::kubelet::{Cluster, Driver, PodCgroups};
-use oomtrace_tests::oomtrace_proc::{in_cgroup, oomtrace_binary, Watch};
+use oomtrace_tests::oomtrace_proc::{finding, in_cgroup, oomtrace_binary, Watch};
 use oomtrace_tests::{require_root_and_btf, require_tool};
 use serde_json::Value;
 use std::os::unix::process::ExitStatusExt;
@@ -208,7 +208,7 @@ fn a_jvm_heap_sized_to_90_percent_of_the_limit_is_told_to_shrink() {
     );
     assert_eq!(rt["heap_max_bytes"], 232 * MIB);
     assert_eq!(
-        e["verdict"],
+        finding(&e),
         "JVM heap max 232.0MiB (-XX:MaxRAMPercentage=90 of 256.0MiB) leaves 24.0MiB for metaspace, threads and native memory: lower -XX:MaxRAMPercentage below 90 or raise the limit"
     );
     let r = &e["oom"]["recommendation"];
@@ -240,7 +240,7 @@ fn a_jvm_filled_by_native_memory_is_not_told_to_shrink_its_heap() {
         "{e:#}"
     );
     source_is_known(&e);
-    let v = e["verdict"].as_str().unwrap();
+    let v = finding(&e);
     assert!(
         v.starts_with("java held ")
             && v.contains(" with a JVM heap max of 64.0MiB (-Xmx64m): at least "),
@@ -276,7 +276,7 @@ fn node_old_space_above_the_limit_is_named() {
     assert_eq!(rt["setting"], "--max-old-space-size=512");
     source_is_known(&e);
     assert_eq!(
-        e["verdict"],
+        finding(&e),
         "Node old space max 512.0MiB (--max-old-space-size=512) is not below the container limit 256.0MiB: the kernel kills before the runtime must collect: lower --max-old-space-size below the limit, leaving room for V8's young generation, code and native memory, or raise the limit above 512.0MiB"
     );
     let r = &e["oom"]["recommendation"];
@@ -314,7 +314,7 @@ fn assert_gomemlimit_above_the_limit(e: &Value) {
     );
     assert_eq!(rt["setting"], "GOMEMLIMIT=1GiB");
     assert_eq!(
-        e["verdict"],
+        finding(&e),
         "GOMEMLIMIT 1.0GiB (GOMEMLIMIT=1GiB) is not below the container limit 256.0MiB: the kernel kills before the runtime must collect: lower GOMEMLIMIT below the limit, leaving room for memory the Go runtime does not manage, or raise the limit above 1.0GiB"
     );
     let r = &e["oom"]["recommendation"];
@@ -381,7 +381,7 @@ fn procfs_is_read_at_the_kill() {
             assert_eq!(rt["source"], "procfs");
             assert!(rt["heap_max_bytes"].is_null());
             assert_eq!(rt["setting"], "none (CPython has no heap ceiling)");
-            assert!(e["verdict"].as_str().unwrap().ends_with("CPython has no heap ceiling: raise the limit or reduce what the program keeps in memory"), "{e:#}");
+            assert!(finding(e).ends_with("CPython has no heap ceiling: raise the limit or reduce what the program keeps in memory"), "{e:#}");
             read += 1;
         }
     }

@@ -77,7 +77,14 @@ pub fn note(ev: &OomKill) -> String {
         None => "",
     };
     let mut note = format!("{who} killed by the OOM killer: {rss}, {scope}{consequence}");
-    if let Some(r) = &ev.oom.recommendation {
+    let rec = ev.oom.recommendation.as_ref();
+    // How usage moved before the kill, unless the recommendation's reason says it already.
+    if let Some(how) = ev.oom.trend.as_ref().and_then(|t| crate::trend::phrase(t, ev.oom.limit_bytes)) {
+        if rec.is_none_or(|r| r.reason != how) {
+            note = format!("{note}; {how}");
+        }
+    }
+    if let Some(r) = rec {
         note = format!("{note}. {}: {}", r.reason, r.action);
     }
     // `kubectl describe` prints notes raw: a process name must not drive the terminal.

@@ -2,7 +2,8 @@
 //! Grows by 1 MiB steps, touching every page so it is really charged, then holds what it has
 //! for `hold_ms` and exits 0 if nothing killed it. With `pid1` it first enters a new pid
 //! namespace and grows as its PID 1, like a container's main process; the outer process
-//! dies the way the inner one did. `OOMTRACE_HOG_COMM` renames it (prctl PR_SET_NAME) first.
+//! dies the way the inner one did. `OOMTRACE_HOG_COMM` renames it (prctl PR_SET_NAME) first;
+//! `OOMTRACE_HOG_STEP_MS` pauses after each MiB (a slow leak).
 use std::io::Write;
 
 fn main() {
@@ -19,6 +20,7 @@ fn main() {
     if args.get(4).map(String::as_str) == Some("pid1") {
         as_pid1();
     }
+    let step_ms: u64 = std::env::var("OOMTRACE_HOG_STEP_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     const MIB: usize = 1 << 20;
     let mut keep: Vec<*mut u8> = Vec::with_capacity(mib);
     for _ in 0..mib {
@@ -39,6 +41,9 @@ fn main() {
             unsafe { p.add(off).write_volatile(0xa5) };
         }
         keep.push(p);
+        if step_ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(step_ms));
+        }
     }
     let _ = writeln!(std::io::stdout(), "survived with {mib} MiB");
     std::thread::sleep(std::time::Duration::from_millis(hold_ms));

@@ -20,10 +20,11 @@ const TESTS_DIR: &str = "tests";
 /// those about the host (its toolchains, its container engine), those that never reach the
 /// kernel (the `--cluster` view, the pod index and the Helm chart talk to a test API server or
 /// render manifests), those about what kubectl and Prometheus read of the daemon's output
-/// (the same bytes on every kernel), and `runtimes` (recognising a runtime is userspace only, and the JVMs,
-/// javac and `go build` it starts would be slow under QEMU's TCG).
+/// (the same bytes on every kernel), `runtimes` (recognising a runtime is userspace only, and the JVMs,
+/// javac and `go build` it starts would be slow under QEMU's TCG), and `leak` (five minutes of
+/// a slow leak; the sampler and trend rules it checks run on every kernel in `history`).
 const HOST_ONLY: &[&str] =
-    &["toolchain", "image", "cluster_watch", "pod_index", "helm", "kubectl", "monitoring", "runtimes"];
+    &["toolchain", "image", "cluster_watch", "pod_index", "helm", "kubectl", "monitoring", "runtimes", "leak"];
 
 pub struct Executable {
     pub name: String,

@@ -1,0 +1,163 @@
+//! Samples the usage of every limited memory cgroup once a second into the [`History`].
+//!
+//! The memory hierarchy is walked every [`RESCAN`] for cgroups with a finite limit (v2
+//! `memory.max`, v1 `memory.limit_in_bytes`); each followed cgroup's usage file (v2
+//! `memory.current`, v1 `memory.usage_in_bytes`) stays open and is re-read with `pread`, so a
+//! round costs one syscall per cgroup. It runs on a thread of its own: a slow cgroupfs never
+//! holds up the capture path.
+use crate::cgroup_fs::{Hierarchies, MemoryVersion};
+use crate::history::{History, MAX_CGROUPS};
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// How often the hierarchy is walked for new and removed cgroups.
+pub const RESCAN: Duration = Duration::from_secs(2);
+const TICK: Duration = Duration::from_secs(1);
+/// v1 writes "unlimited" as the largest page-aligned counter; anything this large is no limit.
+const UNLIMITED: u64 = 1 << 62;
+/// File descriptors left for everything else when the cap is set by `RLIMIT_NOFILE`.
+const FD_RESERVE: u64 = 256;
+/// Directories walked at most per rescan (a node with runaway cgroup creation stays bounded).
+const MAX_DIRS: usize = 65_536;
+
+/// The usage and limit file names of a memory hierarchy version.
+fn files(version: MemoryVersion) -> (&'static str, &'static str) {
+    match version {
+        MemoryVersion::V1 => ("memory.usage_in_bytes", "memory.limit_in_bytes"),
+        MemoryVersion::V2 => ("memory.current", "memory.max"),
+    }
+}
+
+/// A limit file's value when it is a finite limit.
+pub fn parse_limit(text: &str) -> Option<u64> {
+    text.trim().parse::<u64>().ok().filter(|&l| l < UNLIMITED)
+}
+
+/// The cgroups under `root` (paths relative to it, `/`-rooted) with a finite limit.
+fn limited(root: &Path, limit_file: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    let mut dirs = 0;
+    while let Some(dir) = stack.pop() {
+        dirs += 1;
+        if dirs > MAX_DIRS {
+            tracing::warn!("memory history: more than {MAX_DIRS} cgroups under {}; the rest are not followed", root.display());
+            break;
+        }
+        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+        for entry in rd.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(entry.path());
+            }
+        }
+        if dir == root {
+            continue; // the root has no limit
+        }
+        let limit = std::fs::read_to_string(dir.join(limit_file)).ok().and_then(|t| parse_limit(&t));
+        if limit.is_some() {
+            if let Ok(rel) = dir.strip_prefix(root) {
+                out.push(format!("/{}", rel.to_string_lossy()));
+            }
+        }
+    }
+    out
+}
+
+/// How many cgroups may be followed: [`MAX_CGROUPS`], or fewer when the open-file limit
+/// (raised to its hard limit first) leaves less room.
+fn cap() -> usize {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: valid pointer to a rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return MAX_CGROUPS;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        // SAFETY: valid pointer to a rlimit; raising the soft limit to the hard one needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    usize::try_from(lim.rlim_cur.saturating_sub(FD_RESERVE)).unwrap_or(MAX_CGROUPS).min(MAX_CGROUPS)
+}
+
+/// The sampler: the followed cgroups' open usage files.
+struct Sampler {
+    root: PathBuf,
+    version: MemoryVersion,
+    open: HashMap<String, File>,
+    cap: usize,
+}
+
+impl Sampler {
+    fn rescan(&mut self, history: &History) {
+        let (usage_file, limit_file) = files(self.version);
+        let present = limited(&self.root, limit_file);
+        let followed = history.set_present(&present, SystemTime::now(), self.cap);
+        let keep: std::collections::HashSet<&String> = followed.iter().collect();
+        self.open.retain(|p, _| keep.contains(p));
+        for path in followed {
+            if !self.open.contains_key(&path) {
+                let file = self.root.join(path.trim_start_matches('/')).join(usage_file);
+                if let Ok(f) = File::open(file) {
+                    self.open.insert(path, f);
+                }
+            }
+        }
+    }
+
+    fn sample(&self, history: &History) {
+        let mut buf = [0u8; 32];
+        let usage: Vec<(&str, Option<u64>)> = self
+            .open
+            .iter()
+            .map(|(path, f)| {
+                let v = f.read_at(&mut buf, 0).ok().and_then(|n| std::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok());
+                (path.as_str(), v)
+            })
+            .collect();
+        history.record(SystemTime::now(), &usage);
+    }
+}
+
+/// Starts sampling into `history` until `stop` is set; `None` without a memory hierarchy.
+pub fn spawn(hierarchies: &Hierarchies, history: Arc<History>, stop: Arc<AtomicBool>) -> Option<std::thread::JoinHandle<()>> {
+    let (version, root) = hierarchies.memory.clone()?;
+    let mut sampler = Sampler { root, version, open: HashMap::new(), cap: cap() };
+    let spawned = std::thread::Builder::new().name("memory-history".into()).spawn(move || {
+        let mut next = Instant::now();
+        let mut rescan_at = next;
+        while !stop.load(Relaxed) {
+            if Instant::now() >= rescan_at {
+                sampler.rescan(&history);
+                rescan_at = Instant::now() + RESCAN;
+            }
+            sampler.sample(&history);
+            next += TICK;
+            let now = Instant::now();
+            if next < now {
+                next = now; // behind (a suspended machine): start again from now
+            }
+            std::thread::sleep(next - now);
+        }
+    });
+    spawned.inspect_err(|e| tracing::warn!("memory history: cannot start its thread: {e}")).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_of_both_versions() {
+        assert_eq!(parse_limit("max\n"), None);
+        assert_eq!(parse_limit("9223372036854771712\n"), None);
+        assert_eq!(parse_limit("536870912\n"), Some(512 << 20));
+        assert_eq!(parse_limit(""), None);
+    }
+}
