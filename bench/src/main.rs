@@ -240,7 +240,7 @@ fn main() -> Result<()> {
     });
     util::check_interrupted()?;
     let history = want("history")
-        .then(|| history::cost(&ctx, idle_window).map_err(|e| failures.push(format!("history cost: {e:#}"))).ok())
+        .then(|| history::cost(&ctx, idle_window * 3).map_err(|e| failures.push(format!("history cost: {e:#}"))).ok())
         .flatten();
     results["history"] = history.as_ref().map(history::HistoryResult::json).unwrap_or(Value::Null);
     write(&results)?;

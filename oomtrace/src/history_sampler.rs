@@ -1,7 +1,8 @@
 //! Samples the usage of every limited memory cgroup once a second into the [`History`].
 //!
 //! The memory hierarchy is walked every [`RESCAN`] for cgroups with a finite limit (v2
-//! `memory.max`, v1 `memory.limit_in_bytes`); each followed cgroup's usage file (v2
+//! `memory.max`, v1 `memory.limit_in_bytes`, read only for cgroups not seen before and, now and
+//! then, for those that had none); each followed cgroup's usage file (v2
 //! `memory.current`, v1 `memory.usage_in_bytes`) stays open and is re-read with `pread`, so a
 //! round costs one syscall per cgroup. It runs on a thread of its own: a slow cgroupfs never
 //! holds up the capture path.
@@ -15,8 +16,10 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-/// How often the hierarchy is walked for new and removed cgroups.
-pub const RESCAN: Duration = Duration::from_secs(2);
+/// How often the hierarchy is walked for new and removed cgroups. A walk of 1 000 cgroups
+/// costs about 10 ms of CPU (cgroupfs `getdents` is linear in a directory's entries), as
+/// much as 5 s of sampling them: see the bench's `history` part.
+pub const RESCAN: Duration = Duration::from_secs(10);
 const TICK: Duration = Duration::from_secs(1);
 /// v1 writes "unlimited" as the largest page-aligned counter; anything this large is no limit.
 const UNLIMITED: u64 = 1 << 62;
@@ -38,14 +41,12 @@ pub fn parse_limit(text: &str) -> Option<u64> {
     text.trim().parse::<u64>().ok().filter(|&l| l < UNLIMITED)
 }
 
-/// The cgroups under `root` (paths relative to it, `/`-rooted) with a finite limit.
-fn limited(root: &Path, limit_file: &str) -> Vec<String> {
+/// The cgroup directories under `root` (paths relative to it, `/`-rooted; not the root).
+fn cgroups(root: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
-    let mut dirs = 0;
     while let Some(dir) = stack.pop() {
-        dirs += 1;
-        if dirs > MAX_DIRS {
+        if out.len() >= MAX_DIRS {
             tracing::warn!("memory history: more than {MAX_DIRS} cgroups under {}; the rest are not followed", root.display());
             break;
         }
@@ -55,18 +56,27 @@ fn limited(root: &Path, limit_file: &str) -> Vec<String> {
                 stack.push(entry.path());
             }
         }
-        if dir == root {
-            continue; // the root has no limit
-        }
-        let limit = std::fs::read_to_string(dir.join(limit_file)).ok().and_then(|t| parse_limit(&t));
-        if limit.is_some() {
-            if let Ok(rel) = dir.strip_prefix(root) {
+        if let Ok(rel) = dir.strip_prefix(root) {
+            if dir != root {
                 out.push(format!("/{}", rel.to_string_lossy()));
             }
         }
     }
     out
 }
+
+/// What a rescan remembers of a cgroup directory, so that it reads limit files only of new
+/// ones and, now and then, of those that had none.
+struct Seen {
+    limited: bool,
+    first: Instant,
+    checked: Instant,
+}
+
+/// A cgroup without a limit is looked at again on every rescan while it is this young (its
+/// limit is usually written right after the mkdir), then at this interval.
+const YOUNG: Duration = Duration::from_secs(15);
+const RECHECK: Duration = Duration::from_secs(30);
 
 /// How many cgroups may be followed: [`MAX_CGROUPS`], or fewer when the open-file limit
 /// (raised to its hard limit first) leaves less room.
@@ -91,13 +101,37 @@ struct Sampler {
     root: PathBuf,
     version: MemoryVersion,
     open: HashMap<String, File>,
+    seen: HashMap<String, Seen>,
     cap: usize,
 }
 
 impl Sampler {
+    /// The limited cgroups now. A followed cgroup's limit is not read again: the kill reports
+    /// the limit the kernel had, and a cgroup whose limit was lifted costs one sample a second.
+    fn limited(&mut self, limit_file: &str) -> Vec<String> {
+        let now = Instant::now();
+        let dirs = cgroups(&self.root);
+        let here: std::collections::HashSet<&String> = dirs.iter().collect();
+        self.seen.retain(|p, _| here.contains(p));
+        let mut out = Vec::new();
+        for rel in &dirs {
+            let recheck = |s: &Seen| !s.limited && (now - s.first < YOUNG || now - s.checked >= RECHECK);
+            if self.seen.get(rel).is_none_or(recheck) {
+                let dir = self.root.join(rel.trim_start_matches('/'));
+                let limited = std::fs::read_to_string(dir.join(limit_file)).ok().and_then(|t| parse_limit(&t)).is_some();
+                let first = self.seen.get(rel).map_or(now, |s| s.first);
+                self.seen.insert(rel.clone(), Seen { limited, first, checked: now });
+            }
+            if self.seen.get(rel).is_some_and(|s| s.limited) {
+                out.push(rel.clone());
+            }
+        }
+        out
+    }
+
     fn rescan(&mut self, history: &History) {
         let (usage_file, limit_file) = files(self.version);
-        let present = limited(&self.root, limit_file);
+        let present = self.limited(limit_file);
         let followed = history.set_present(&present, SystemTime::now(), self.cap);
         let keep: std::collections::HashSet<&String> = followed.iter().collect();
         self.open.retain(|p, _| keep.contains(p));
@@ -128,7 +162,7 @@ impl Sampler {
 /// Starts sampling into `history` until `stop` is set; `None` without a memory hierarchy.
 pub fn spawn(hierarchies: &Hierarchies, history: Arc<History>, stop: Arc<AtomicBool>) -> Option<std::thread::JoinHandle<()>> {
     let (version, root) = hierarchies.memory.clone()?;
-    let mut sampler = Sampler { root, version, open: HashMap::new(), cap: cap() };
+    let mut sampler = Sampler { root, version, open: HashMap::new(), seen: HashMap::new(), cap: cap() };
     let spawned = std::thread::Builder::new().name("memory-history".into()).spawn(move || {
         let mut next = Instant::now();
         let mut rescan_at = next;

@@ -48,9 +48,10 @@ fn a_burst_from_a_quiet_start_is_a_spike_and_a_new_cgroup_is_unknown() {
 
     let cg = TestCgroup::new("oomtrace-spike").unwrap();
     cg.set_limit(256 * MIB).unwrap();
-    // 48 MiB resident for half a minute, then a burst to the limit.
+    // 48 MiB resident for 40 s (the sampler finds a new cgroup within 10 s), then a burst to
+    // the limit.
     let mut quiet = resident(&cg, 48);
-    std::thread::sleep(Duration::from_secs(28));
+    std::thread::sleep(Duration::from_secs(38));
     let e = kill_in(&cg, &w, Hog::anon(1024));
     let _ = quiet.kill();
     let _ = quiet.wait();
@@ -77,9 +78,10 @@ fn a_working_set_at_its_limit_gets_a_limit_that_fits_it() {
     let cg = TestCgroup::new("oomtrace-atlimit").unwrap();
     let limit = 128 * MIB;
     cg.set_limit(limit).unwrap();
-    // 124 of 128 MiB (97 % with the hog's own pages) for 40 s, then 64 MiB more.
+    // 124 of 128 MiB (97 % with the hog's own pages) for 50 s (the sampler finds a new
+    // cgroup within 10 s), then 64 MiB more.
     let mut set = resident(&cg, 124);
-    std::thread::sleep(Duration::from_secs(38));
+    std::thread::sleep(Duration::from_secs(48));
     let e = kill_in_either(&cg, &w, &mut set);
     let t = &e["oom"]["trend"];
     assert_eq!(t["kind"], "at_limit", "{e:#}");
