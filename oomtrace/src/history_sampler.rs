@@ -1,8 +1,8 @@
 //! Samples the usage of every limited memory cgroup once a second into the [`History`].
 //!
 //! The memory hierarchy is walked every [`RESCAN`] for cgroups with a finite limit (v2
-//! `memory.max`, v1 `memory.limit_in_bytes`, read only for cgroups not seen before and, now and
-//! then, for those that had none); each followed cgroup's usage file (v2
+//! `memory.max`, v1 `memory.limit_in_bytes`; for a cgroup that had none, read again only while
+//! it is young and then every 30 s); each followed cgroup's usage file (v2
 //! `memory.current`, v1 `memory.usage_in_bytes`) stays open and is re-read with `pread`, so a
 //! round costs one syscall per cgroup. It runs on a thread of its own: a slow cgroupfs never
 //! holds up the capture path.
@@ -65,10 +65,10 @@ fn cgroups(root: &Path) -> Vec<String> {
     out
 }
 
-/// What a rescan remembers of a cgroup directory, so that it reads limit files only of new
-/// ones and, now and then, of those that had none.
+/// What a rescan remembers of a cgroup directory, so that it reads the limit files of limited
+/// and young ones only, and now and then of those that had none.
 struct Seen {
-    limited: bool,
+    limit: Option<u64>,
     first: Instant,
     checked: Instant,
 }
@@ -106,24 +106,23 @@ struct Sampler {
 }
 
 impl Sampler {
-    /// The limited cgroups now. A followed cgroup's limit is not read again: the kill reports
-    /// the limit the kernel had, and a cgroup whose limit was lifted costs one sample a second.
-    fn limited(&mut self, limit_file: &str) -> Vec<String> {
+    /// The limited cgroups now, with their limits (read again on every walk: `top` shows them).
+    fn limited(&mut self, limit_file: &str) -> Vec<(String, u64)> {
         let now = Instant::now();
         let dirs = cgroups(&self.root);
         let here: std::collections::HashSet<&String> = dirs.iter().collect();
         self.seen.retain(|p, _| here.contains(p));
         let mut out = Vec::new();
         for rel in &dirs {
-            let recheck = |s: &Seen| !s.limited && (now - s.first < YOUNG || now - s.checked >= RECHECK);
+            let recheck = |s: &Seen| s.limit.is_some() || now - s.first < YOUNG || now - s.checked >= RECHECK;
             if self.seen.get(rel).is_none_or(recheck) {
                 let dir = self.root.join(rel.trim_start_matches('/'));
-                let limited = std::fs::read_to_string(dir.join(limit_file)).ok().and_then(|t| parse_limit(&t)).is_some();
+                let limit = std::fs::read_to_string(dir.join(limit_file)).ok().and_then(|t| parse_limit(&t));
                 let first = self.seen.get(rel).map_or(now, |s| s.first);
-                self.seen.insert(rel.clone(), Seen { limited, first, checked: now });
+                self.seen.insert(rel.clone(), Seen { limit, first, checked: now });
             }
-            if self.seen.get(rel).is_some_and(|s| s.limited) {
-                out.push(rel.clone());
+            if let Some(limit) = self.seen.get(rel).and_then(|s| s.limit) {
+                out.push((rel.clone(), limit));
             }
         }
         out

@@ -22,6 +22,7 @@ pub mod recommend;
 pub mod record;
 pub mod runtime;
 pub mod tracefs;
+pub mod top;
 pub mod tracer;
 pub mod trend;
 pub mod victim_procfs;

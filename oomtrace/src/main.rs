@@ -24,6 +24,9 @@ enum LogFormat {
 enum Cmd {
     /// Trace OOM kills on this host and print each one as it happens.
     Watch(oomtrace::watch::WatchArgs),
+    /// The limited memory cgroups closest to their limit, live: usage, trend, time to the
+    /// limit, OOM kills.
+    Top(oomtrace::top::TopArgs),
     /// Run on a node: JSON lines on stdout, metrics and health on HTTP, Kubernetes Events.
     Daemon(oomtrace::daemon::DaemonArgs),
 }
@@ -69,6 +72,7 @@ async fn run() {
     init_logging(cli.verbose, cli.log_format);
     let result = match cli.cmd {
         Cmd::Watch(args) => oomtrace::watch::run(args).await,
+        Cmd::Top(args) => oomtrace::top::run(args).await,
         Cmd::Daemon(args) => oomtrace::daemon::run(args).await,
     };
     if let Err(e) = result {

@@ -66,7 +66,7 @@ fn leak(samples: &[Sample], limit: u64) -> Option<Trend> {
 }
 
 /// Least-squares slope (bytes per second, rising towards the kill) and R².
-fn fit(samples: &[&Sample]) -> Option<(f64, f64)> {
+pub fn fit(samples: &[&Sample]) -> Option<(f64, f64)> {
     let n = samples.len() as f64;
     if samples.len() < 10 {
         return None;

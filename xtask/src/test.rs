@@ -12,7 +12,8 @@ use xtask::{image, workspace_root};
 /// bpftool (leak checks), util-linux (`setpriv`, `unshare`: capability and pid-namespace
 /// tests), the real tools the outputs are read with (kubectl, prometheus with promtool), pip
 /// (fetches helm from PyPI), and the language runtimes whose heap ceilings `tests/runtimes.rs`
-/// gets killed by (OpenJDK 17 with javac, Node.js, Go; python3 comes with pip).
+/// gets killed by (OpenJDK 17 with javac, Node.js, Go; python3 comes with pip), and tmux (the
+/// terminal `tests/top.rs` drives `oomtrace top` in).
 const TEST_PACKAGES: &[&str] = &[
     "bpftool",
     "util-linux",
@@ -22,6 +23,7 @@ const TEST_PACKAGES: &[&str] = &[
     "openjdk-17-jdk-headless",
     "nodejs",
     "golang",
+    "tmux",
 ];
 
 #[derive(clap::Args)]

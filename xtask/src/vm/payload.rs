@@ -22,9 +22,10 @@ const TESTS_DIR: &str = "tests";
 /// render manifests), those about what kubectl and Prometheus read of the daemon's output
 /// (the same bytes on every kernel), `runtimes` (recognising a runtime is userspace only, and the JVMs,
 /// javac and `go build` it starts would be slow under QEMU's TCG), and `leak` (five minutes of
-/// a slow leak; the sampler and trend rules it checks run on every kernel in `history`).
+/// a slow leak; the sampler and trend rules it checks run on every kernel in `history`), and
+/// `top` (a terminal view of that same sampler, driven through tmux).
 const HOST_ONLY: &[&str] =
-    &["toolchain", "image", "cluster_watch", "pod_index", "helm", "kubectl", "monitoring", "runtimes", "leak"];
+    &["toolchain", "image", "cluster_watch", "pod_index", "helm", "kubectl", "monitoring", "runtimes", "leak", "top"];
 
 pub struct Executable {
     pub name: String,
