@@ -210,6 +210,16 @@ pub fn check_schema(v: Value) -> Result<Value, String> {
     }
 }
 
+/// Runs `hog` in `cg` until the kernel kills it; the kill's event (as `w` printed it).
+pub fn kill_in(cg: &crate::cgroup::TestCgroup, w: &Watch, hog: crate::cgroup::Hog) -> Value {
+    use std::os::unix::process::ExitStatusExt;
+    let mut c = cg.spawn_hog(&hog).unwrap();
+    assert_eq!(c.wait().unwrap().signal(), Some(libc::SIGKILL));
+    let evs = w.collect(1, Duration::from_secs(30), in_cgroup(cg.rel.clone()));
+    assert_eq!(evs.len(), 1, "stderr:\n{}", w.stderr_text());
+    evs.into_iter().next().unwrap()
+}
+
 /// The verdict's finding: the verdict without the clause the OOM cgroup's trend adds (which
 /// depends on how long the cgroup lived before the kill).
 pub fn finding(e: &Value) -> &str {

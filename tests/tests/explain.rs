@@ -1,21 +1,13 @@
 //! Why a kill happened: memory breakdown, the OOM cgroup's tasks, verdicts, group kills and
 //! early warnings — from real kills in real cgroups.
 use oomtrace_tests::cgroup::{Hog, HogKind, TestCgroup, Version};
-use oomtrace_tests::oomtrace_proc::{finding, in_cgroup, Watch};
+use oomtrace_tests::oomtrace_proc::{finding, in_cgroup, kill_in, Watch};
 use oomtrace_tests::require_root_and_btf;
 use serde_json::Value;
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
 const MIB: u64 = 1 << 20;
-
-fn kill_in(cg: &TestCgroup, w: &Watch, hog: Hog) -> Value {
-    let mut c = cg.spawn_hog(&hog).unwrap();
-    assert_eq!(c.wait().unwrap().signal(), Some(libc::SIGKILL));
-    let evs = w.collect(1, Duration::from_secs(30), in_cgroup(cg.rel.clone()));
-    assert_eq!(evs.len(), 1, "stderr:\n{}", w.stderr_text());
-    evs.into_iter().next().unwrap()
-}
 
 #[test]
 fn shmem_and_anon_growth_get_different_breakdowns_and_verdicts() {

@@ -2,22 +2,12 @@
 //! burst from a quiet start, a working set that sits at its limit and then goes over it, and a
 //! cgroup killed before it had any history. (The five-minute leak is `leak.rs`.)
 use oomtrace_tests::cgroup::{Hog, TestCgroup};
-use oomtrace_tests::oomtrace_proc::{in_cgroup, Watch};
+use oomtrace_tests::oomtrace_proc::{in_cgroup, kill_in, Watch};
 use oomtrace_tests::require_root_and_btf;
 use serde_json::Value;
-use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
-
-/// Runs `hog` in `cg` until the kernel kills it; the kill's event.
-fn kill_in(cg: &TestCgroup, w: &Watch, hog: Hog) -> Value {
-    let mut c = cg.spawn_hog(&hog).unwrap();
-    assert_eq!(c.wait().unwrap().signal(), Some(libc::SIGKILL));
-    let evs = w.collect(1, Duration::from_secs(30), in_cgroup(cg.rel.clone()));
-    assert_eq!(evs.len(), 1, "stderr:\n{}", w.stderr_text());
-    evs.into_iter().next().unwrap()
-}
 
 /// `oom.history` as (seconds before the kill, bytes), checked for shape.
 fn history(e: &Value) -> Vec<(f64, u64)> {
