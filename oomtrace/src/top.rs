@@ -310,12 +310,18 @@ mod tests {
             oom_kills_last_hour: None,
         };
         let rows = [row("/kubepods/pod1/c1", 75.0, Some("cart-1"), Some("app")), row("/kubepods/pod1", 60.0, Some("cart-1"), None), row("/t\x1b[2J", 1.0, None, None)];
-        let t = table(&rows, "12:00:00", 10, 120);
+        let t = table(&rows, "12:00:00", 10, 300);
         assert_eq!(t.len(), 5);
-        assert!(t[2].starts_with("shop           cart-1                       app                 96.0MiB  128.0MiB   75.0 steady       -1.0MiB       5m      2        -"), "{}", t[2]);
+        let cells: Vec<&str> = t[2].split_whitespace().collect();
+        assert_eq!(cells, ["shop", "cart-1", "app", "96.0MiB", "128.0MiB", "75.0", "steady", "-1.0MiB", "5m", "2", "-", "/kubepods/pod1/c1"]);
+        // Columns line up under the header.
+        for (col, cell) in [("USAGE", "96.0MiB"), ("TREND", "steady"), ("CGROUP", "/kubepods")] {
+            let end = |l: &str, w: &str| l.find(w).unwrap() + if col == "USAGE" { w.len() } else { 0 };
+            assert_eq!(end(&t[1], col), end(&t[2], cell), "{col}:\n{}\n{}", t[1], t[2]);
+        }
         assert!(t[3].contains(" (pod) "), "{}", t[3]);
         assert!(!t[4].contains('\x1b'), "a cgroup name cannot drive the terminal: {:?}", t[4]);
-        assert!(t.iter().all(|l| l.chars().count() <= 120));
+        assert!(table(&rows, "12:00:00", 10, 120).iter().all(|l| l.chars().count() <= 120), "cut to the terminal's width");
         assert_eq!(table(&rows, "now", 1, 200).len(), 3);
     }
 }

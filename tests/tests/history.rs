@@ -52,7 +52,8 @@ fn a_burst_from_a_quiet_start_is_a_spike_and_a_new_cgroup_is_unknown() {
     assert!(t["seconds"].as_f64().unwrap() <= 10.0, "{t}");
     let h = history(&e);
     assert!(h[0].0 >= 20.0, "the history reaches back half a minute: {h:?}");
-    assert!(h.iter().filter(|p| p.0 > 12.0).all(|p| (40 * MIB..80 * MIB).contains(&p.1)), "quiet before: {h:?}");
+    // Quiet before the burst (which takes well under 20 s, even emulated).
+    assert!(h.iter().filter(|p| p.0 > 20.0).all(|p| (40 * MIB..80 * MIB).contains(&p.1)), "quiet before: {h:?}");
     let v = e["verdict"].as_str().unwrap();
     assert!(v.contains("; jumped from "), "{v}");
     let r = &e["oom"]["recommendation"];

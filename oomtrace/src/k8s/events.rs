@@ -43,6 +43,16 @@ pub mod annotation {
     /// `jvm`, `node`, `go` or `python` (`victim.runtime.name`).
     pub const RUNTIME: &str = "oomtrace.io/runtime";
     pub const HEAP_MAX_BYTES: &str = "oomtrace.io/heap-max-bytes";
+    /// The pod's owner as the pod index resolved it (a ReplicaSet's Deployment, a Job's CronJob).
+    pub const OWNER_KIND: &str = "oomtrace.io/owner-kind";
+    pub const OWNER_NAME: &str = "oomtrace.io/owner-name";
+    /// `oom.trend.kind`, and a leak's growth.
+    pub const TREND: &str = "oomtrace.io/trend";
+    pub const GROWTH_BYTES_PER_MIN: &str = "oomtrace.io/growth-bytes-per-min";
+    /// The verdict and the recommendation, as the JSON has them (text to show, not to parse).
+    pub const VERDICT: &str = "oomtrace.io/verdict";
+    pub const RECOMMENDATION: &str = "oomtrace.io/recommendation";
+    pub const RECOMMENDED_LIMIT_BYTES: &str = "oomtrace.io/recommended-limit-bytes";
 }
 
 /// The API server's bound on an Event's note, in bytes.
@@ -137,7 +147,14 @@ fn regarding(ev: &OomKill) -> Option<ObjectReference> {
 /// The kill's numbers, for programs; what is unknown is absent.
 fn annotations(ev: &OomKill) -> BTreeMap<String, String> {
     let container = ev.k8s.as_ref().and_then(|k| k.container.clone());
+    let owner = ev.k8s.as_ref().and_then(|k| k.owner.as_ref());
     let runtime = ev.victim.runtime.as_ref();
+    let trend = ev.oom.trend.as_ref();
+    let growth = match trend {
+        Some(crate::model::Trend::Leak { growth_bytes_per_min, .. }) => Some(growth_bytes_per_min.to_string()),
+        _ => None,
+    };
+    let rec = ev.oom.recommendation.as_ref();
     [
         (annotation::CONTAINER, container),
         (annotation::PID, ev.victim.pid.map(|p| p.to_string())),
@@ -146,6 +163,13 @@ fn annotations(ev: &OomKill) -> BTreeMap<String, String> {
         (annotation::USAGE_BYTES, ev.oom.usage_bytes.map(|b| b.to_string())),
         (annotation::RUNTIME, runtime.map(|r| r.name.as_str().to_string())),
         (annotation::HEAP_MAX_BYTES, runtime.and_then(|r| r.heap_max_bytes).map(|b| b.to_string())),
+        (annotation::OWNER_KIND, owner.map(|o| o.kind.clone())),
+        (annotation::OWNER_NAME, owner.map(|o| o.name.clone())),
+        (annotation::TREND, trend.map(|t| t.kind().to_string())),
+        (annotation::GROWTH_BYTES_PER_MIN, growth),
+        (annotation::VERDICT, ev.verdict.clone()),
+        (annotation::RECOMMENDATION, rec.map(|r| format!("{}: {}", r.reason, r.action))),
+        (annotation::RECOMMENDED_LIMIT_BYTES, rec.and_then(|r| r.limit_bytes).map(|b| b.to_string())),
     ]
     .into_iter()
     .filter_map(|(k, v)| Some((k.to_string(), v?)))
@@ -424,6 +448,19 @@ mod tests {
         assert_eq!(get(annotation::COMM), Some("python3"));
         assert_eq!(get(annotation::LIMIT_BYTES), Some("2147483648"));
         assert_eq!(get(annotation::USAGE_BYTES), Some("2147483648"));
+        assert_eq!(get(annotation::TREND), None, "no trend without a history");
+        // What `report` reads: the owner, the trend and the recommendation, never the note.
+        let mut leak = kill();
+        leak.k8s.as_mut().unwrap().owner = Some(crate::model::OwnerRef { kind: "Deployment".into(), name: "api".into() });
+        leak.oom.trend = Some(crate::model::Trend::Leak { growth_bytes_per_min: 4 << 20, since_s: 900 });
+        crate::explain::apply(&mut leak, None);
+        let a = annotations(&leak);
+        let get = |k: &str| a.get(k).map(String::as_str);
+        assert_eq!((get(annotation::OWNER_KIND), get(annotation::OWNER_NAME)), (Some("Deployment"), Some("api")));
+        assert_eq!((get(annotation::TREND), get(annotation::GROWTH_BYTES_PER_MIN)), (Some("leak"), Some("4194304")));
+        assert_eq!(get(annotation::VERDICT), leak.verdict.as_deref());
+        assert!(get(annotation::RECOMMENDATION).unwrap().ends_with(": find the leak"), "{a:?}");
+        assert_eq!(get(annotation::RECOMMENDED_LIMIT_BYTES), None);
         let mut global = kill();
         global.k8s = None;
         global.oom.limit_bytes = None;
