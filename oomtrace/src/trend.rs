@@ -3,7 +3,8 @@
 //! The rules, in order (the README lists the same thresholds):
 //! 1. `unknown`: the history spans less than [`MIN_SPAN_S`] (a cgroup created seconds before
 //!    the kill, or one the sampler had not found yet);
-//! 2. `spike`: a sample under half the limit at most [`SPIKE_S`] before the kill;
+//! 2. `spike`: a sample under half the limit at most [`SPIKE_S`] before the kill; it starts
+//!    from the lowest sample of those seconds (the burst's start, however fast it grew);
 //! 3. `leak`: a least-squares line over at least [`LEAK_MIN_S`] (to the nearest 15 s sample) explains at least
 //!    [`LEAK_R2`] of the variance, rising by at least [`LEAK_MIN_GROWTH`] of the limit over
 //!    that window; the longest such window ending at the kill gives `since_s`;
@@ -30,11 +31,10 @@ pub fn classify(samples: &[Sample], limit: u64) -> Trend {
     if oldest.age_s < MIN_SPAN_S || limit == 0 {
         return Trend::Unknown;
     }
-    let half = limit / 2;
-    if let Some(s) = samples.iter().rev().find(|s| s.bytes < half) {
-        if s.age_s <= SPIKE_S {
-            return Trend::Spike { from_bytes: s.bytes, seconds: (s.age_s * 10.0).round() / 10.0 };
-        }
+    // The low point of the last SPIKE_S (the latest, among equals): where the burst began.
+    let low = samples.iter().rev().take_while(|s| s.age_s <= SPIKE_S).min_by_key(|s| s.bytes);
+    if let Some(s) = low.filter(|s| s.bytes < limit / 2) {
+        return Trend::Spike { from_bytes: s.bytes, seconds: (s.age_s * 10.0).round() / 10.0 };
     }
     if let Some(leak) = leak(samples, limit) {
         return leak;
@@ -144,6 +144,10 @@ mod tests {
         // Flat at 100 MiB, then from there to the limit in 2 s.
         let spike = samples(60, |a| if a > 2.0 { 100 * MIB } else { 300 * MIB });
         assert_eq!(classify(&spike, limit), Trend::Spike { from_bytes: 100 * MIB, seconds: 2.4 });
+        // A slower burst, sampled on its way up: it began at the low point, not at the last
+        // sample under half.
+        let ramp = samples(60, |a| if a > 5.0 { 50 * MIB } else { 50 * MIB + ((5.0 - a) * 30.0) as u64 * MIB });
+        assert_eq!(classify(&ramp, limit), Trend::Spike { from_bytes: 50 * MIB, seconds: 5.4 });
         // At 97 % for 40 s, after a climb.
         let at = samples(100, |a| if a > 40.0 { 150 * MIB } else { limit * 97 / 100 });
         assert_eq!(classify(&at, limit), Trend::AtLimit { seconds: 39 });

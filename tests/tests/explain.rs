@@ -28,7 +28,13 @@ fn shmem_and_anon_growth_get_different_breakdowns_and_verdicts() {
     assert_eq!(finding(&anon), "anon memory of oomtrace-hog filled the cgroup limit", "{anon:#}");
     // tmpfs growth: shmem pages stay charged (page cache) and say so.
     assert!(stat(&shm, "shmem_bytes") > 32 * MIB, "{shm:#}");
-    assert!(stat(&shm, "file_bytes") >= stat(&shm, "shmem_bytes"));
+    // v2's `file` includes shmem, but the two are separate counters, read one after the other
+    // while the victim's pages are being freed, and each may hold up to 32 pages per CPU not
+    // yet folded in (MEMCG_CHARGE_BATCH): `file` can read that much below `shmem`, never more.
+    let cpus = std::thread::available_parallelism().map_or(64, |n| n.get() as u64);
+    let slack = (2 * 32 * cpus + 1) * 4096;
+    let (file, shmem) = (stat(&shm, "file_bytes"), stat(&shm, "shmem_bytes"));
+    assert!(file + slack >= shmem, "file {file} < shmem {shmem} by more than the kernel's batching ({slack}): {shm:#}");
     assert!(shm["victim"]["rss_shmem_bytes"].as_u64().unwrap() > 48 * MIB);
     let v = shm["verdict"].as_str().unwrap();
     assert!(v.starts_with("page cache + tmpfs (shmem) made up "), "{v}");

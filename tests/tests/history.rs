@@ -47,6 +47,7 @@ fn a_burst_from_a_quiet_start_is_a_spike_and_a_new_cgroup_is_unknown() {
     let _ = quiet.wait();
     let t = &e["oom"]["trend"];
     assert_eq!(t["kind"], "spike", "{e:#}");
+    // From the quiet level (the lowest sample of the last 10 s), however fast the burst grew.
     let from = t["from_bytes"].as_u64().unwrap();
     assert!((40 * MIB..80 * MIB).contains(&from), "{t}");
     assert!(t["seconds"].as_f64().unwrap() <= 10.0, "{t}");
