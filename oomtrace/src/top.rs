@@ -117,7 +117,6 @@ fn rows(
     attributor: &Attributor,
     filter: &Filter,
     kills: &mut KillLog,
-    first: bool,
 ) -> Vec<Row> {
     let (now, at) = (Instant::now(), SystemTime::now());
     let node = crate::node_name();
@@ -136,7 +135,7 @@ fn rows(
                 return None;
             }
             let count = h.memory_dir(&path).and_then(|d| oom_kills(version, &d));
-            let last_hour = count.and_then(|c| kills.observe(&path, c, now)).filter(|_| !first);
+            let last_hour = count.and_then(|c| kills.observe(&path, c, now));
             let rate = growth(&samples);
             let to_limit = rate.filter(|&r| r > 0.0).map(|r| (limit.saturating_sub(usage) as f64 / r).round() as u64);
             Some(Row {
@@ -223,9 +222,9 @@ pub async fn run(args: TopArgs) -> Result<()> {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let mut kills = KillLog::default();
     let interactive = args.format == TopFormat::Table && std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let snapshot = |kills: &mut KillLog, first| rows(&history, version, &h, &attributor, &filter, kills, first);
+    let snapshot = |kills: &mut KillLog| rows(&history, version, &h, &attributor, &filter, kills);
     if !interactive {
-        let rows = snapshot(&mut kills, true);
+        let rows = snapshot(&mut kills);
         let mut out = std::io::stdout().lock();
         match args.format {
             TopFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?,
@@ -238,21 +237,19 @@ pub async fn run(args: TopArgs) -> Result<()> {
         return Ok(());
     }
     let since = chrono::Local::now().format("%H:%M:%S").to_string();
-    tokio::task::block_in_place(|| interactive_loop(&args, &since, |first| snapshot(&mut kills, first)))
+    tokio::task::block_in_place(|| interactive_loop(&args, &since, || snapshot(&mut kills)))
 }
 
 /// Redraws every interval on the alternate screen until q, Esc or Ctrl-C.
-fn interactive_loop(args: &TopArgs, since: &str, mut snapshot: impl FnMut(bool) -> Vec<Row>) -> Result<()> {
+fn interactive_loop(args: &TopArgs, since: &str, mut snapshot: impl FnMut() -> Vec<Row>) -> Result<()> {
     use crossterm::event::{self, Event, KeyCode, KeyEvent, KeyModifiers};
     use crossterm::{cursor, execute, queue, terminal};
     let mut out = std::io::stdout();
     terminal::enable_raw_mode().context("the terminal")?;
     execute!(out, terminal::EnterAlternateScreen, cursor::Hide)?;
     let result = (|| -> Result<()> {
-        let mut first = true;
         loop {
-            let rows = snapshot(first);
-            first = false;
+            let rows = snapshot();
             let (w, h) = terminal::size().unwrap_or((200, 50));
             let room = usize::from(h).saturating_sub(2);
             queue!(out, cursor::MoveTo(0, 0), terminal::Clear(terminal::ClearType::All))?;

@@ -2,10 +2,8 @@
 //! and the recommendation names no limit. It takes five minutes, so it runs on the host only:
 //! the sampler and the rules it checks are the ones `history.rs` runs on every kernel.
 use oomtrace_tests::cgroup::{Hog, TestCgroup};
-use oomtrace_tests::oomtrace_proc::{in_cgroup, Watch};
+use oomtrace_tests::oomtrace_proc::{kill_in, Watch};
 use oomtrace_tests::require_root_and_btf;
-use std::os::unix::process::ExitStatusExt;
-use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
 
@@ -16,11 +14,7 @@ fn a_slow_leak_is_a_leak() {
     let cg = TestCgroup::new("oomtrace-leak").unwrap();
     cg.set_limit(320 * MIB).unwrap();
     // 1 MiB, then a second's pause: killed after about 5 min 20 s.
-    let mut c = cg.spawn_hog(&Hog { step_ms: 1000, ..Hog::anon(1024) }).unwrap();
-    assert_eq!(c.wait().unwrap().signal(), Some(libc::SIGKILL));
-    let evs = w.collect(1, Duration::from_secs(30), in_cgroup(cg.rel.clone()));
-    assert_eq!(evs.len(), 1, "stderr:\n{}", w.stderr_text());
-    let e = &evs[0];
+    let e = &kill_in(&cg, &w, Hog { step_ms: 1000, ..Hog::anon(1024) });
     let t = &e["oom"]["trend"];
     assert_eq!(t["kind"], "leak", "{e:#}");
     let rate = t["growth_bytes_per_min"].as_u64().unwrap();
