@@ -20,8 +20,12 @@ use std::time::Duration;
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ClusterKill {
     pub time: String,
+    /// The last kill (of a series).
     #[serde(skip)]
     pub at: Option<k8s_openapi::jiff::Timestamp>,
+    /// The first kill of a series.
+    #[serde(skip)]
+    pub first_at: Option<k8s_openapi::jiff::Timestamp>,
     pub node: Option<String>,
     /// `Pod` or `Node`.
     pub kind: Option<String>,
@@ -54,19 +58,26 @@ pub fn from_event(e: &Event) -> Option<ClusterKill> {
     let note = e.note.clone().unwrap_or_default();
     let regarding = e.regarding.as_ref();
     // Core-v1-made Events have no eventTime: fall back on their timestamps.
+    let first_at = e
+        .event_time
+        .as_ref()
+        .map(|t| t.0)
+        .or_else(|| e.deprecated_first_timestamp.as_ref().map(|t| t.0))
+        .or_else(|| e.metadata.creation_timestamp.as_ref().map(|t| t.0));
     let at = e
         .series
         .as_ref()
         .map(|s| s.last_observed_time.0)
         .or_else(|| e.event_time.as_ref().map(|t| t.0))
         .or_else(|| e.deprecated_last_timestamp.as_ref().map(|t| t.0))
-        .or_else(|| e.metadata.creation_timestamp.as_ref().map(|t| t.0));
+        .or(first_at);
     let kind = regarding.and_then(|r| r.kind.clone());
     let is_pod = kind.as_deref() == Some("Pod");
     let number = |key: &str| e.metadata.annotations.as_ref()?.get(key)?.parse().ok();
     Some(ClusterKill {
         time: at.map(|t| t.to_string()).unwrap_or_default(),
         at,
+        first_at,
         node: e.reporting_instance.clone(),
         namespace: if is_pod { regarding.and_then(|r| r.namespace.clone()) } else { None },
         pod: if is_pod { regarding.and_then(|r| r.name.clone()) } else { None },

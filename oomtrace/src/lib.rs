@@ -20,6 +20,7 @@ pub mod pipeline;
 pub mod pressure;
 pub mod recommend;
 pub mod record;
+pub mod report;
 pub mod runtime;
 pub mod tracefs;
 pub mod top;

@@ -27,6 +27,9 @@ enum Cmd {
     /// The limited memory cgroups closest to their limit, live: usage, trend, time to the
     /// limit, OOM kills.
     Top(oomtrace::top::TopArgs),
+    /// Kills per owner (Deployment, StatefulSet, DaemonSet, CronJob, Job, Pod) and container
+    /// over a window: the count, the last kill, its limit, trend, verdict and recommendation.
+    Report(oomtrace::report::ReportArgs),
     /// Run on a node: JSON lines on stdout, metrics and health on HTTP, Kubernetes Events.
     Daemon(oomtrace::daemon::DaemonArgs),
 }
@@ -73,6 +76,7 @@ async fn run() {
     let result = match cli.cmd {
         Cmd::Watch(args) => oomtrace::watch::run(args).await,
         Cmd::Top(args) => oomtrace::top::run(args).await,
+        Cmd::Report(args) => oomtrace::report::run(args).await,
         Cmd::Daemon(args) => oomtrace::daemon::run(args).await,
     };
     if let Err(e) = result {

@@ -68,12 +68,8 @@ impl HookArgs {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct KubeArgs {
-    /// kubeconfig for pod attribution (default: $KUBECONFIG, ~/.kube/config, in-cluster).
-    #[arg(long)]
-    pub kubeconfig: Option<std::path::PathBuf>,
-    /// The kubeconfig context to use (default: its current context).
-    #[arg(long)]
-    pub context: Option<String>,
+    #[command(flatten)]
+    pub connection: client::ClientArgs,
     /// How long a deleted pod stays known, so kills around its deletion are still attributed.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub tombstone_ttl: Duration,
@@ -88,10 +84,7 @@ impl KubeArgs {
         if self.no_kubernetes {
             return Ok(None);
         }
-        match (&self.kubeconfig, &self.context) {
-            (None, None) => client::client_from_env().await,
-            (path, context) => Ok(Some(client::client_for(path.as_deref(), context.as_deref()).await?)),
-        }
+        self.connection.client().await
     }
 
     /// Attribution through this node's pod index (none without a client).

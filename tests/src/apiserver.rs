@@ -41,6 +41,8 @@
 //!     `reportingController` (events.k8s.io) or `involvedObject.*` + `reportingComponent` +
 //!     `source` (core). Inject Events as if another node's daemon had published them with
 //!     [`ApiServer::add_event`] / [`ApiServer::patch_event`] / [`ApiServer::delete_event`].
+//! * Jobs, read only: `GET /apis/batch/v1/namespaces/{ns}/jobs/{name}` (404 when absent), for
+//!   resolving a Job to its CronJob. Add them with [`ApiServer::add_job`].
 //! * `GET /version`.
 //!
 //! kube 5's `watcher::Config::default()` uses `InitialListStrategy::ListWatch`: a LIST
@@ -237,6 +239,7 @@ struct State {
     requests: Vec<RequestRecord>,
     events: Vec<Value>,
     event_store: BTreeMap<(String, String), Value>,
+    jobs: BTreeMap<(String, String), Value>,
     uid_counter: u64,
 }
 
@@ -295,6 +298,7 @@ impl ApiServer {
                 requests: Vec::new(),
                 events: Vec::new(),
                 event_store: BTreeMap::new(),
+                jobs: BTreeMap::new(),
                 uid_counter: 0,
             }),
             changed: tokio::sync::watch::channel(0).0,
@@ -508,6 +512,29 @@ impl ApiServer {
         drop(st);
         self.shared.notify();
         Some(event)
+    }
+
+    /// Adds a Job named `name`, owned (controller) by CronJob `cronjob` when given, as the
+    /// CronJob controller makes them. Returns the stored object.
+    pub fn add_job(&self, namespace: &str, name: &str, cronjob: Option<&str>) -> Value {
+        let owners: Vec<Value> = cronjob
+            .map(|c| {
+                json!({"apiVersion": "batch/v1", "kind": "CronJob", "name": c, "controller": true,
+                       "blockOwnerDeletion": true, "uid": format!("{:016x}", fnv64(format!("CronJob/{c}").as_bytes()))})
+            })
+            .into_iter()
+            .collect();
+        let mut st = self.shared.lock();
+        let uid = new_uid(&mut st);
+        st.rv += 1;
+        let job = json!({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": name, "namespace": namespace, "uid": uid, "ownerReferences": owners,
+                         "resourceVersion": st.rv.to_string(), "creationTimestamp": now_rfc3339()},
+            "spec": {"template": {"spec": {"containers": [], "restartPolicy": "Never"}}}
+        });
+        st.jobs.insert((namespace.to_string(), name.to_string()), job.clone());
+        job
     }
 
     /// The current pods.
@@ -985,6 +1012,13 @@ async fn handle(shared: Arc<Shared>, req: Request<hyper::body::Incoming>) -> Res
             "MethodNotAllowed",
             "the test API server only reads pods",
         ),
+        (&Method::GET, ["apis", "batch", "v1", "namespaces", ns, "jobs", name]) => {
+            let job = shared.lock().jobs.get(&(ns.to_string(), name.to_string())).cloned();
+            match job {
+                Some(job) => json_response(StatusCode::OK, &job),
+                None => status_response(404, "NotFound", &format!("jobs.batch \"{name}\" not found")),
+            }
+        }
         (&Method::GET, ["api", "v1", "events"])
         | (&Method::GET, ["apis", "events.k8s.io", "v1", "events"]) => {
             collection(&shared, Collection::events(events_api), None, &record).await

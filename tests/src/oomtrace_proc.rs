@@ -184,12 +184,13 @@ impl Drop for Watch {
 }
 
 /// Validates a printed object against the JSON Schema its `schema` field names
-/// (docs/oom_kill.schema.json, docs/memory_pressure.schema.json).
+/// (docs/oom_kill.schema.json, docs/memory_pressure.schema.json, docs/owner_kills.schema.json).
 pub fn check_schema(v: Value) -> Result<Value, String> {
     static SCHEMAS: std::sync::OnceLock<Vec<(String, jsonschema::Validator)>> = std::sync::OnceLock::new();
     let schemas = SCHEMAS.get_or_init(|| {
         let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
-        [("oomtrace.oom_kill/v1", "oom_kill.schema.json"), ("oomtrace.memory_pressure/v1", "memory_pressure.schema.json")]
+        [("oomtrace.oom_kill/v1", "oom_kill.schema.json"), ("oomtrace.memory_pressure/v1", "memory_pressure.schema.json"),
+         ("oomtrace.owner_kills/v1", "owner_kills.schema.json")]
             .into_iter()
             .map(|(name, file)| {
                 let text = std::fs::read_to_string(docs.join(file)).expect("schema file");

@@ -776,7 +776,7 @@ fn flags_ports_probes_service_and_node_name_agree_with_the_daemon() {
         !parsed.k8s.no_kubernetes,
         "the DaemonSet runs with Kubernetes attribution"
     );
-    assert!(parsed.k8s.kubeconfig.is_none(), "in-cluster config");
+    assert!(parsed.k8s.connection.kubeconfig.is_none(), "in-cluster config");
     assert!(
         !parsed.no_events,
         "Events are published (the ClusterRole grants them)"

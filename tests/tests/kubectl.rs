@@ -171,5 +171,15 @@ fn kubectl_oomtrace_is_the_cluster_view_with_kubectls_flags() {
     // -A and -n contradict each other, as in kubectl.
     let (ok, _, err) = run(&["oomtrace", "watch", "--cluster", "-A", "-n", "shop"]);
     assert!(!ok && err.contains("cannot be used with"), "{err}");
+    // `kubectl oomtrace report`: the same Events, per owner (bare pods here).
+    let (ok, out, err) = run(&["oomtrace", "report", "--kubeconfig", k, "--context", "oomtrace-test", "-A", "-o", "json"]);
+    assert!(ok, "{err}");
+    let mut owners: Vec<(String, String)> = out
+        .lines()
+        .map(|l| oomtrace_tests::oomtrace_proc::check_schema(serde_json::from_str(l).unwrap()).unwrap())
+        .map(|r| (r["namespace"].as_str().unwrap().to_string(), format!("{}/{}", r["owner"]["kind"].as_str().unwrap(), r["owner"]["name"].as_str().unwrap())))
+        .collect();
+    owners.sort();
+    assert_eq!(owners, [("batch".to_string(), "Pod/report-1".to_string()), ("shop".into(), "Pod/api-1".into())], "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -35,6 +35,28 @@ fn hostname() -> Option<String> {
     (!name.is_empty()).then(|| name.to_string())
 }
 
+/// kubectl's `--kubeconfig` and `--context`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ClientArgs {
+    /// kubeconfig to use (default: $KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(long)]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// The kubeconfig context to use (default: its current context).
+    #[arg(long)]
+    pub context: Option<String>,
+}
+
+impl ClientArgs {
+    /// A client for the cluster these name, or none when neither is given and the environment
+    /// has no Kubernetes configuration.
+    pub async fn client(&self) -> anyhow::Result<Option<Client>> {
+        match (&self.kubeconfig, &self.context) {
+            (None, None) => client_from_env().await,
+            (path, context) => Ok(Some(client_for(path.as_deref(), context.as_deref()).await?)),
+        }
+    }
+}
+
 /// A Kubernetes client from the environment ([`kube::Config::infer`]: `KUBECONFIG` or
 /// `~/.kube/config`, else the in-cluster service account).
 ///

@@ -51,7 +51,9 @@ pub mod annotation {
     pub const GROWTH_BYTES_PER_MIN: &str = "oomtrace.io/growth-bytes-per-min";
     /// The verdict and the recommendation, as the JSON has them (text to show, not to parse).
     pub const VERDICT: &str = "oomtrace.io/verdict";
+    /// `oom.recommendation.action` and `.reason`.
     pub const RECOMMENDATION: &str = "oomtrace.io/recommendation";
+    pub const RECOMMENDATION_REASON: &str = "oomtrace.io/recommendation-reason";
     pub const RECOMMENDED_LIMIT_BYTES: &str = "oomtrace.io/recommended-limit-bytes";
 }
 
@@ -168,7 +170,8 @@ fn annotations(ev: &OomKill) -> BTreeMap<String, String> {
         (annotation::TREND, trend.map(|t| t.kind().to_string())),
         (annotation::GROWTH_BYTES_PER_MIN, growth),
         (annotation::VERDICT, ev.verdict.clone()),
-        (annotation::RECOMMENDATION, rec.map(|r| format!("{}: {}", r.reason, r.action))),
+        (annotation::RECOMMENDATION, rec.map(|r| r.action.clone())),
+        (annotation::RECOMMENDATION_REASON, rec.map(|r| r.reason.clone())),
         (annotation::RECOMMENDED_LIMIT_BYTES, rec.and_then(|r| r.limit_bytes).map(|b| b.to_string())),
     ]
     .into_iter()
@@ -459,7 +462,8 @@ mod tests {
         assert_eq!((get(annotation::OWNER_KIND), get(annotation::OWNER_NAME)), (Some("Deployment"), Some("api")));
         assert_eq!((get(annotation::TREND), get(annotation::GROWTH_BYTES_PER_MIN)), (Some("leak"), Some("4194304")));
         assert_eq!(get(annotation::VERDICT), leak.verdict.as_deref());
-        assert!(get(annotation::RECOMMENDATION).unwrap().ends_with(": find the leak"), "{a:?}");
+        assert_eq!(get(annotation::RECOMMENDATION), Some("find the leak"), "{a:?}");
+        assert!(get(annotation::RECOMMENDATION_REASON).unwrap().contains("looks like a leak"), "{a:?}");
         assert_eq!(get(annotation::RECOMMENDED_LIMIT_BYTES), None);
         let mut global = kill();
         global.k8s = None;

@@ -23,9 +23,13 @@ const TESTS_DIR: &str = "tests";
 /// (the same bytes on every kernel), `runtimes` (recognising a runtime is userspace only, and the JVMs,
 /// javac and `go build` it starts would be slow under QEMU's TCG), and `leak` (five minutes of
 /// a slow leak; the sampler and trend rules it checks run on every kernel in `history`), and
-/// `top` (a terminal view of that same sampler, driven through tmux).
-const HOST_ONLY: &[&str] =
-    &["toolchain", "image", "cluster_watch", "pod_index", "helm", "kubectl", "monitoring", "runtimes", "leak", "top"];
+/// `top` (a terminal view of that same sampler, driven through tmux), and `report` (it reads
+/// the daemon's Events and lines back; the kills and Events it starts from are the `daemon`
+/// suite's, which runs on every kernel).
+const HOST_ONLY: &[&str] = &[
+    "toolchain", "image", "cluster_watch", "pod_index", "helm", "kubectl", "monitoring", "runtimes", "leak", "top",
+    "report",
+];
 
 pub struct Executable {
     pub name: String,
