@@ -1,6 +1,7 @@
 //! The memory history before a kill and its trend, from real workloads in real cgroups: a
-//! burst from a quiet start, a working set that sits at its limit and then goes over it, and a
-//! cgroup killed before it had any history. (The five-minute leak is `leak.rs`.)
+//! burst from a quiet start, a level held well above half the limit and then pushed over it, a
+//! working set that sits at its limit and then goes over it, and a cgroup killed before it had
+//! any history. (The five-minute leak is `leak.rs`.)
 use oomtrace_tests::cgroup::{Hog, TestCgroup};
 use oomtrace_tests::oomtrace_proc::{in_cgroup, kill_in, Watch};
 use oomtrace_tests::require_root_and_btf;
@@ -26,7 +27,7 @@ fn resident(cg: &TestCgroup, mib: u64) -> std::process::Child {
 }
 
 #[test]
-fn a_burst_from_a_quiet_start_is_a_spike_and_a_new_cgroup_is_unknown() {
+fn a_burst_is_a_spike_a_held_level_is_steady_and_a_new_cgroup_is_unknown() {
     require_root_and_btf();
     let w = Watch::start(&[]);
     // Killed before the sampler had 20 s of it: too little history to say.
@@ -38,10 +39,21 @@ fn a_burst_from_a_quiet_start_is_a_spike_and_a_new_cgroup_is_unknown() {
 
     let cg = TestCgroup::new("oomtrace-spike").unwrap();
     cg.set_limit(256 * MIB).unwrap();
+    // Meanwhile, 80 of 128 MiB: above half the limit, far from it, for too short a time to
+    // be a leak.
+    let held = TestCgroup::new("oomtrace-steady").unwrap();
+    held.set_limit(128 * MIB).unwrap();
     // 48 MiB resident for 40 s (the sampler finds a new cgroup within 10 s), then a burst to
     // the limit.
     let mut quiet = resident(&cg, 48);
-    std::thread::sleep(Duration::from_secs(38));
+    let mut level = resident(&held, 80);
+    std::thread::sleep(Duration::from_secs(36));
+    let steady = kill_in_either(&held, &w, &mut level);
+    assert_eq!(steady["oom"]["trend"]["kind"], "steady", "{steady:#}");
+    assert!(history(&steady)[0].0 >= 20.0, "{steady:#}");
+    let v = steady["verdict"].as_str().unwrap();
+    assert!(!v.contains(';'), "a steady level adds nothing to the verdict: {v}");
+    assert!(steady["oom"]["recommendation"].is_null(), "no evidence, no recommendation: {steady:#}");
     let e = kill_in(&cg, &w, Hog::anon(1024));
     let _ = quiet.kill();
     let _ = quiet.wait();
