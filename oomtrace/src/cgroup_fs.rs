@@ -182,7 +182,7 @@ pub fn proc_cgroups(pid: u32) -> Option<(Option<String>, Option<String>)> {
 const PF_EXITING: u64 = 0x4;
 
 /// A file of the process directory `dir` (openat, so it is that process's or nothing).
-fn read_at(dir: &std::fs::File, name: &std::ffi::CStr) -> Option<String> {
+pub fn read_at(dir: &std::fs::File, name: &std::ffi::CStr) -> Option<String> {
     use std::io::Read;
     use std::os::fd::{AsRawFd, FromRawFd};
     // SAFETY: a valid directory fd and a NUL-terminated name; the returned fd is owned below.

@@ -67,32 +67,6 @@ pub fn parse_pressure(text: &str) -> Pressure {
     }
 }
 
-/// RSS of one task from `/proc/<pid>/status` (kB figures).
-fn task_rss(pid: u32) -> Option<TaskRss> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let mut comm = String::new();
-    let (mut anon, mut file, mut shmem) = (0u64, 0u64, 0u64);
-    for l in status.lines() {
-        let (k, v) = l.split_once(':')?;
-        let kb = || v.trim().trim_end_matches(" kB").parse::<u64>().unwrap_or(0).saturating_mul(1024);
-        match k {
-            "Name" => comm = v.trim().to_string(),
-            "RssAnon" => anon = kb(),
-            "RssFile" => file = kb(),
-            "RssShmem" => shmem = kb(),
-            _ => {}
-        }
-    }
-    Some(TaskRss {
-        pid,
-        comm,
-        rss_bytes: crate::model::rss_total(anon, file, shmem),
-        rss_anon_bytes: anon,
-        rss_file_bytes: file,
-        rss_shmem_bytes: shmem,
-    })
-}
-
 /// Bounds on what one explanation reads, so an OOM of a huge or wide cgroup tree cannot stall
 /// the kills behind it: processes looked at, directories walked, and wall time.
 #[derive(Debug, Clone, Copy)]
@@ -207,14 +181,18 @@ pub fn gather(
     let mut pids = Vec::new();
     walk.procs_below(&dir, &mut pids, 0);
     let victim = ev.victim.pid;
-    let mut tasks = Vec::new();
+    let mut read = Vec::new();
     for pid in pids.into_iter().filter(|p| Some(*p) != victim) {
         if walk.spent() {
             break;
         }
-        tasks.extend(task_rss(pid));
+        read.extend(crate::candidates::read(pid));
     }
-    tasks.extend(victim_task(ev));
+    read.extend(crate::candidates::victim(ev));
+    let page = crate::cgroup_fs::page_size();
+    let total = crate::candidates::total_pages(ev, page, crate::candidates::swap_total());
+    x.candidates = crate::candidates::rank(&read, victim, total, page);
+    let mut tasks: Vec<TaskRss> = read.into_iter().map(|t| t.rss).collect();
     tasks.sort_by(|a, b| b.rss_bytes.cmp(&a.rss_bytes).then(a.pid.cmp(&b.pid)));
     tasks.truncate(TOP_TASKS);
     x.tasks = tasks;
@@ -266,7 +244,10 @@ pub fn apply(ev: &mut OomKill, details: Option<Explanation>) {
 /// The OOM cgroup's trend then adds how usage moved (see [`crate::trend::phrase`]) and, where
 /// no runtime setting is named, what follows from it (see [`crate::recommend::from_trend`]).
 pub fn judge(ev: &OomKill, x: Option<&Explanation>) -> (String, Option<Recommendation>) {
-    let (verdict, recommendation) = finding(ev, x);
+    let (mut verdict, recommendation) = finding(ev, x);
+    if let Some(why) = x.and_then(|x| crate::candidates::surprise(&x.candidates)) {
+        verdict = format!("{verdict}; {why}");
+    }
     let verdict = match ev.oom.trend.as_ref().and_then(|t| crate::trend::phrase(t, ev.oom.limit_bytes)) {
         Some(how) => format!("{verdict}; {how}"),
         None => verdict,

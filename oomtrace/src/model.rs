@@ -455,6 +455,26 @@ pub struct TaskRss {
     pub rss_shmem_bytes: u64,
 }
 
+/// A task of the OOM cgroup as the OOM killer weighs it (see `candidates`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Candidate {
+    pub pid: u32,
+    pub comm: String,
+    /// RSS + swap + page tables: what `oom_badness()` counts.
+    pub footprint_bytes: u64,
+    pub rss_bytes: u64,
+    pub swap_bytes: u64,
+    pub pgtables_bytes: u64,
+    pub oom_score_adj: Option<i32>,
+    /// The kernel's points (pages, adj included); null when unkillable (adj -1000) or when
+    /// the OOM domain's size is unknown.
+    pub points: Option<i64>,
+    /// Its memory cgroup, and the container that cgroup is.
+    pub cgroup: Option<String>,
+    pub container: Option<String>,
+    pub victim: bool,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct Explanation {
@@ -464,6 +484,8 @@ pub struct Explanation {
     pub pressure: Option<Pressure>,
     /// Largest tasks of the OOM cgroup; the victim with its RSS at the kill.
     pub tasks: Vec<TaskRss>,
+    /// The OOM cgroup's tasks the OOM killer weighed, highest points first.
+    pub candidates: Vec<Candidate>,
     /// Null when nothing was gathered.
     pub details_source: Option<DetailsSource>,
     /// How long after the kill the details were read.

@@ -11,7 +11,8 @@
 //!    [`history_sampler`] on a thread of its own);
 //! 6. attribution to a pod and container, and the pod spec's runtime settings when procfs
 //!    was too late ([`Attributor`]);
-//! 7. the explanation, read off the async runtime within a per-event [`Budget`];
+//! 7. the explanation, read off the async runtime within a per-event [`Budget`], with the
+//!    containers of the tasks the OOM killer weighed ([`crate::candidates`]);
 //! 8. incidents: the victims of one OOM held together ([`Incidents`]);
 //! 9. the sinks, in kill order.
 //!
@@ -283,8 +284,12 @@ async fn explain(
         }
         Err(_) => {
             stats.explain_overruns.fetch_add(1, Relaxed);
+            let page = crate::cgroup_fs::page_size();
+            let total = crate::candidates::total_pages(ev, page, crate::candidates::swap_total());
+            let victim: Vec<_> = crate::candidates::victim(ev).into_iter().collect();
             Some(crate::model::Explanation {
                 tasks: crate::explain::victim_task(ev).into_iter().collect(),
+                candidates: crate::candidates::rank(&victim, ev.victim.pid, total, page),
                 ..Default::default()
             })
         }
@@ -342,7 +347,10 @@ pub async fn trace(
                     lost_attached = lost_now;
                     history_of(&mut ev, &history);
                     attributor.enrich(&mut ev);
-                    let details = explain(&ev, hierarchies.as_ref(), budget, &stats).await;
+                    let mut details = explain(&ev, hierarchies.as_ref(), budget, &stats).await;
+                    for c in details.iter_mut().flat_map(|x| x.candidates.iter_mut()) {
+                        c.container = c.cgroup.as_deref().and_then(|p| attributor.for_path(p, &node)).and_then(|k| k.container);
+                    }
                     crate::explain::apply(&mut ev, details);
                     ev.fill_resource();
                     ready.extend(incidents.push(ev, Instant::now()));
