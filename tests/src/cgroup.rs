@@ -123,6 +123,25 @@ impl TestCgroup {
         }
     }
 
+    /// Its memory usage (v1 `memory.usage_in_bytes`, v2 `memory.current`).
+    pub fn usage(&self) -> u64 {
+        let file = match self.version {
+            Version::V1 => "memory.usage_in_bytes",
+            Version::V2 => "memory.current",
+        };
+        self.read(file).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0)
+    }
+
+    /// Waits (up to 60 s, for emulated guests) until its usage reaches `bytes`: a resident
+    /// hog has grown.
+    pub fn wait_for_usage(&self, bytes: u64) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.usage() < bytes {
+            assert!(Instant::now() < deadline, "{} never reached {bytes} bytes (at {})", self.rel, self.usage());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The kernel's count of OOM kills of tasks in this cgroup (and below).
     pub fn oom_kills(&self) -> u64 {
         let (file, key) = match self.version {
@@ -223,11 +242,13 @@ pub struct Hog {
     pub pid1: bool,
     /// Pause after each MiB (0: as fast as it can), for a slow leak.
     pub step_ms: u64,
+    /// Set as its `oom_score_adj` before it allocates (raising it needs no privilege).
+    pub oom_score_adj: Option<i32>,
 }
 
 impl Hog {
     pub fn anon(mib: u64) -> Self {
-        Self { mib, kind: HogKind::Anon, hold_ms: 0, pid1: false, step_ms: 0 }
+        Self { mib, kind: HogKind::Anon, hold_ms: 0, pid1: false, step_ms: 0, oom_score_adj: None }
     }
 
     pub fn command(&self) -> Command {
@@ -240,6 +261,7 @@ impl Hog {
             .arg(self.hold_ms.to_string())
             .args(self.pid1.then_some("pid1"))
             .env("OOMTRACE_HOG_STEP_MS", self.step_ms.to_string())
+            .envs(self.oom_score_adj.map(|a| ("OOMTRACE_HOG_OOM_SCORE_ADJ", a.to_string())))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null());
         c

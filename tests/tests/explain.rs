@@ -86,20 +86,8 @@ fn a_smaller_task_with_a_higher_oom_score_adj_is_chosen_and_the_verdict_says_why
     // An 80 MiB resident at adj 0, then a pusher at adj 1000 (as BestEffort pods get): each
     // adj point is worth 128 MiB / 1000 of memory, so the kernel kills the smaller pusher.
     let mut resident = cg.spawn_hog(&Hog { hold_ms: 60_000, ..Hog::anon(80) }).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let mut cmd = Hog::anon(256).command();
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            let fd = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY);
-            if fd < 0 || libc::write(fd, b"1000".as_ptr().cast(), 4) != 4 {
-                return Err(std::io::Error::last_os_error());
-            }
-            libc::close(fd);
-            Ok(())
-        });
-    }
-    let mut pusher = cg.spawn(&mut cmd).unwrap();
+    cg.wait_for_usage(80 * MIB);
+    let mut pusher = cg.spawn_hog(&Hog { oom_score_adj: Some(1000), ..Hog::anon(256) }).unwrap();
     assert_eq!(pusher.wait().unwrap().signal(), Some(libc::SIGKILL));
     let evs = w.collect(1, Duration::from_secs(30), in_cgroup(cg.rel.clone()));
     let _ = resident.kill();

@@ -3,7 +3,8 @@
 //! for `hold_ms` and exits 0 if nothing killed it. With `pid1` it first enters a new pid
 //! namespace and grows as its PID 1, like a container's main process; the outer process
 //! dies the way the inner one did. `OOMTRACE_HOG_COMM` renames it (prctl PR_SET_NAME) first;
-//! `OOMTRACE_HOG_STEP_MS` pauses after each MiB (a slow leak).
+//! `OOMTRACE_HOG_STEP_MS` pauses after each MiB (a slow leak); `OOMTRACE_HOG_OOM_SCORE_ADJ`
+//! sets its `oom_score_adj` first.
 use std::io::Write;
 
 fn main() {
@@ -16,6 +17,9 @@ fn main() {
         let name = std::ffi::CString::new(name.as_bytes()).expect("no NUL in the name");
         // SAFETY: PR_SET_NAME reads a NUL-terminated string of up to 16 bytes.
         unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+    }
+    if let Ok(adj) = std::env::var("OOMTRACE_HOG_OOM_SCORE_ADJ") {
+        std::fs::write("/proc/self/oom_score_adj", adj).expect("setting oom_score_adj");
     }
     if args.get(4).map(String::as_str) == Some("pid1") {
         as_pid1();
