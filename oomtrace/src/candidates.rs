@@ -30,8 +30,15 @@ pub fn read(pid: u32) -> Option<Task> {
     let dir = std::fs::File::open(format!("/proc/{pid}")).ok()?;
     let mut task = parse_status(pid, &crate::cgroup_fs::read_at(&dir, c"status")?)?;
     task.oom_score_adj = crate::cgroup_fs::read_at(&dir, c"oom_score_adj").and_then(|s| s.trim().parse().ok());
-    task.cgroup = crate::cgroup_fs::read_at(&dir, c"cgroup").and_then(|t| crate::cgroup_fs::parse_proc_cgroup(&t).1);
+    task.cgroup = crate::cgroup_fs::read_at(&dir, c"cgroup").and_then(|t| memory_cgroup(&t));
     Some(task)
+}
+
+/// A live task's memory cgroup from `/proc/<pid>/cgroup`: the v1 memory hierarchy's path, and
+/// without one (pure v2) the unified hierarchy's.
+fn memory_cgroup(text: &str) -> Option<String> {
+    let (unified, memory) = crate::cgroup_fs::parse_proc_cgroup(text);
+    memory.or(unified)
 }
 
 fn parse_status(pid: u32, status: &str) -> Option<Task> {
@@ -193,6 +200,12 @@ mod tests {
     fn status_gives_rss_swap_and_page_tables() {
         let t = parse_status(7, "Name:\tenvoy\nVmPTE:\t     120 kB\nVmSwap:\t       8 kB\nRssAnon:\t  1024 kB\nRssFile:\t   512 kB\nRssShmem:\t  0 kB\n").unwrap();
         assert_eq!((t.rss.comm.as_str(), t.rss.rss_bytes, t.swap_bytes, t.pgtables_bytes), ("envoy", 1536 << 10, 8 << 10, 120 << 10));
+    }
+
+    #[test]
+    fn the_memory_cgroup_on_hybrid_and_pure_v2() {
+        assert_eq!(memory_cgroup("12:memory:/kubepods/pod1/c1\n0::/system.slice\n").as_deref(), Some("/kubepods/pod1/c1"));
+        assert_eq!(memory_cgroup("0::/kubepods/pod1/c1\n").as_deref(), Some("/kubepods/pod1/c1"));
     }
 
     #[test]
