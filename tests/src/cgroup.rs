@@ -227,7 +227,8 @@ impl Drop for TestCgroup {
 pub enum HogKind {
     /// Anonymous memory (malloc'ed heap touched page by page).
     Anon,
-    /// tmpfs pages mapped shared (shmem), like a container writing to /dev/shm.
+    /// Shared memory (shmem): anonymous, or a memfd's pages (see [`Hog::shm_fd`]), like a
+    /// container writing to /dev/shm.
     Shmem,
 }
 
@@ -244,11 +245,14 @@ pub struct Hog {
     pub step_ms: u64,
     /// Set as its `oom_score_adj` before it allocates (raising it needs no privilege).
     pub oom_score_adj: Option<i32>,
+    /// For `Shmem`: a memfd (not close-on-exec) to grow instead of anonymous shared memory,
+    /// so the pages outlive the hog.
+    pub shm_fd: Option<i32>,
 }
 
 impl Hog {
     pub fn anon(mib: u64) -> Self {
-        Self { mib, kind: HogKind::Anon, hold_ms: 0, pid1: false, step_ms: 0, oom_score_adj: None }
+        Self { mib, kind: HogKind::Anon, hold_ms: 0, pid1: false, step_ms: 0, oom_score_adj: None, shm_fd: None }
     }
 
     pub fn command(&self) -> Command {
@@ -262,6 +266,7 @@ impl Hog {
             .args(self.pid1.then_some("pid1"))
             .env("OOMTRACE_HOG_STEP_MS", self.step_ms.to_string())
             .envs(self.oom_score_adj.map(|a| ("OOMTRACE_HOG_OOM_SCORE_ADJ", a.to_string())))
+            .envs(self.shm_fd.map(|fd| ("OOMTRACE_HOG_SHM_FD", fd.to_string())))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null());
         c

@@ -19,7 +19,15 @@ fn shmem_and_anon_growth_get_different_breakdowns_and_verdicts() {
     shm_cg.set_limit(64 * MIB).unwrap();
 
     let anon = kill_in(&anon_cg, &w, Hog::anon(256));
-    let shm = kill_in(&shm_cg, &w, Hog { kind: HogKind::Shmem, ..Hog::anon(256) });
+    // A tmpfs file's pages stay charged after its writer dies (anonymous shared memory is
+    // freed with the process, maybe before the details are read): a memfd this test holds.
+    // SAFETY: plain syscall; the fd is owned below.
+    let memfd = unsafe { libc::memfd_create(c"oomtrace-shm".as_ptr(), 0) };
+    assert!(memfd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: just created, owned by nothing else.
+    let memfd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(memfd) };
+    let shm_fd = Some(std::os::fd::AsRawFd::as_raw_fd(&memfd));
+    let shm = kill_in(&shm_cg, &w, Hog { kind: HogKind::Shmem, shm_fd, ..Hog::anon(256) });
 
     let stat = |e: &Value, k: &str| e["oom"]["memory_stat"][k].as_u64().unwrap_or_else(|| panic!("{k}: {e:#}"));
     // Anonymous growth: anon dominates the cgroup right after the kill (the victim's

@@ -4,7 +4,8 @@
 //! namespace and grows as its PID 1, like a container's main process; the outer process
 //! dies the way the inner one did. `OOMTRACE_HOG_COMM` renames it (prctl PR_SET_NAME) first;
 //! `OOMTRACE_HOG_STEP_MS` pauses after each MiB (a slow leak); `OOMTRACE_HOG_OOM_SCORE_ADJ`
-//! sets its `oom_score_adj` first.
+//! sets its `oom_score_adj` first; `OOMTRACE_HOG_SHM_FD` backs `shmem` with that inherited
+//! memfd, whose pages then stay charged after the hog dies, as a file in /dev/shm does.
 use std::io::Write;
 
 fn main() {
@@ -25,16 +26,24 @@ fn main() {
         as_pid1();
     }
     let step_ms: u64 = std::env::var("OOMTRACE_HOG_STEP_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let shm_fd: Option<i32> = std::env::var("OOMTRACE_HOG_SHM_FD").ok().and_then(|v| v.parse().ok()).filter(|_| kind == "shmem");
     const MIB: usize = 1 << 20;
     let mut keep: Vec<*mut u8> = Vec::with_capacity(mib);
-    for _ in 0..mib {
-        let flags = match kind {
-            "shmem" => libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-            _ => libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+    for i in 0..mib {
+        let (flags, fd, offset) = match (kind, shm_fd) {
+            ("shmem", Some(fd)) => {
+                // SAFETY: plain syscall on an inherited fd.
+                if unsafe { libc::ftruncate(fd, ((i + 1) * MIB) as libc::off_t) } != 0 {
+                    std::process::exit(2);
+                }
+                (libc::MAP_SHARED, fd, (i * MIB) as libc::off_t)
+            }
+            ("shmem", None) => (libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0),
+            _ => (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0),
         };
-        // SAFETY: fresh anonymous mapping, no aliasing.
+        // SAFETY: a fresh mapping (of the memfd's own new MiB), no aliasing.
         let p = unsafe {
-            libc::mmap(std::ptr::null_mut(), MIB, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0)
+            libc::mmap(std::ptr::null_mut(), MIB, libc::PROT_READ | libc::PROT_WRITE, flags, fd, offset)
         };
         if p == libc::MAP_FAILED {
             std::process::exit(2);
