@@ -69,19 +69,20 @@ fn parse_status(pid: u32, status: &str) -> Option<Task> {
 }
 
 /// The OOM domain's size in pages: the kernel's own when the OOM context was read, else the
-/// limit when the node has no swap (then nothing is added to it); unknown otherwise.
-pub fn total_pages(ev: &OomKill, page: u64, swap_total_bytes: Option<u64>) -> Option<u64> {
+/// limit when the node has no swap (then nothing is added to it); unknown otherwise. The
+/// node's swap is only looked up when the kernel's figure is missing.
+fn total_pages(ev: &OomKill, page: u64, swap_total_bytes: impl FnOnce() -> Option<u64>) -> Option<u64> {
     if let Some(d) = ev.oom.domain_bytes {
         return Some(d / page);
     }
-    match swap_total_bytes {
+    match swap_total_bytes() {
         Some(0) => ev.oom.limit_bytes.map(|l| l / page),
         _ => None,
     }
 }
 
 /// The node's swap space, from `/proc/meminfo`.
-pub fn swap_total() -> Option<u64> {
+fn swap_total() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with("SwapTotal:"))?;
     line.trim_start_matches("SwapTotal:").trim().trim_end_matches(" kB").parse::<u64>().ok().map(|kb| kb * 1024)
@@ -126,9 +127,15 @@ pub fn victim(ev: &OomKill) -> Option<Task> {
     })
 }
 
+/// The candidates of `ev` among `tasks`, scored against its OOM domain.
+pub fn of(ev: &OomKill, tasks: &[Task]) -> Vec<Candidate> {
+    let page = crate::cgroup_fs::page_size();
+    rank(tasks, ev.victim.pid, total_pages(ev, page, swap_total), page)
+}
+
 /// The largest candidates by points (by footprint where points are unknown), the victim
 /// always among them.
-pub fn rank(tasks: &[Task], victim_pid: Option<u32>, total_pages: Option<u64>, page: u64) -> Vec<Candidate> {
+fn rank(tasks: &[Task], victim_pid: Option<u32>, total_pages: Option<u64>, page: u64) -> Vec<Candidate> {
     let mut all: Vec<Candidate> =
         tasks.iter().map(|t| candidate(t, Some(t.rss.pid) == victim_pid, total_pages, page)).collect();
     let weight = |c: &Candidate| c.points.map_or(i128::from(c.footprint_bytes / page), i128::from);
@@ -240,9 +247,9 @@ mod tests {
     #[test]
     fn the_domain_is_the_kernels_or_the_limit_without_swap() {
         let mut ev = crate::model::test_kill(serde_json::json!({"oom": {"constraint": "memcg", "limit_bytes": 128 * MIB}}));
-        assert_eq!(total_pages(&ev, PAGE, Some(0)), Some(32768));
-        assert_eq!(total_pages(&ev, PAGE, Some(1 << 30)), None, "swap adds an unknown share");
+        assert_eq!(total_pages(&ev, PAGE, || Some(0)), Some(32768));
+        assert_eq!(total_pages(&ev, PAGE, || Some(1 << 30)), None, "swap adds an unknown share");
         ev.oom.domain_bytes = Some(256 * MIB);
-        assert_eq!(total_pages(&ev, PAGE, Some(1 << 30)), Some(65536));
+        assert_eq!(total_pages(&ev, PAGE, || unreachable!("the kernel's figure needs no lookup")), Some(65536));
     }
 }

@@ -189,9 +189,7 @@ pub fn gather(
         read.extend(crate::candidates::read(pid));
     }
     read.extend(crate::candidates::victim(ev));
-    let page = crate::cgroup_fs::page_size();
-    let total = crate::candidates::total_pages(ev, page, crate::candidates::swap_total());
-    x.candidates = crate::candidates::rank(&read, victim, total, page);
+    x.candidates = crate::candidates::of(ev, &read);
     let mut tasks: Vec<TaskRss> = read.into_iter().map(|t| t.rss).collect();
     tasks.sort_by(|a, b| b.rss_bytes.cmp(&a.rss_bytes).then(a.pid.cmp(&b.pid)));
     tasks.truncate(TOP_TASKS);

@@ -284,12 +284,10 @@ async fn explain(
         }
         Err(_) => {
             stats.explain_overruns.fetch_add(1, Relaxed);
-            let page = crate::cgroup_fs::page_size();
-            let total = crate::candidates::total_pages(ev, page, crate::candidates::swap_total());
             let victim: Vec<_> = crate::candidates::victim(ev).into_iter().collect();
             Some(crate::model::Explanation {
                 tasks: crate::explain::victim_task(ev).into_iter().collect(),
-                candidates: crate::candidates::rank(&victim, ev.victim.pid, total, page),
+                candidates: crate::candidates::of(ev, &victim),
                 ..Default::default()
             })
         }
