@@ -401,7 +401,7 @@ pub async fn run(args: ReportArgs) -> Result<()> {
     let now = Timestamp::now();
     let window = SignedDuration::try_from(args.since).context("--since is too long")?;
     let cutoff = now.checked_sub(window).unwrap_or(Timestamp::MIN);
-    let mut kills = match &args.file {
+    let (mut kills, client) = match &args.file {
         Some(path) => {
             let (kills, foreign) = if path.as_os_str() == "-" {
                 read_lines(std::io::stdin().lock())?
@@ -413,27 +413,28 @@ pub async fn run(args: ReportArgs) -> Result<()> {
                 tracing::warn!("{foreign} lines were not oomtrace kill records (skipped)");
             }
             // With a kubeconfig at hand, Jobs still resolve to their CronJobs.
-            match args.connection.client().await {
-                Ok(Some(client)) => resolve_jobs(&client, kills).await,
-                Ok(None) => kills,
-                Err(e) => {
-                    tracing::warn!("{e:#} (Jobs are reported as Jobs, not CronJobs)");
-                    kills
-                }
-            }
+            let client = args.connection.client().await.unwrap_or_else(|e| {
+                tracing::warn!("{e:#} (Jobs are reported as Jobs, not CronJobs)");
+                None
+            });
+            (kills, client)
         }
         None => {
             let Some(client) = args.connection.client().await? else {
                 bail!("report needs a Kubernetes config (--kubeconfig, $KUBECONFIG or ~/.kube/config), or --file for a daemon's JSON lines");
             };
-            let kills = list_events(&client, args.filter.namespace.as_deref()).await?;
-            resolve_jobs(&client, kills).await
+            (list_events(&client, args.filter.namespace.as_deref()).await?, Some(client))
         }
     };
+    // Before any Job is looked up: only the kills the report shows.
     kills.retain(|k| {
-        filter.matches(k.namespace.as_deref(), k.pod.as_deref(), k.container.as_deref())
+        k.at >= cutoff
+            && filter.matches(k.namespace.as_deref(), k.pod.as_deref(), k.container.as_deref())
             && args.node.as_ref().is_none_or(|n| k.node.as_ref() == Some(n))
     });
+    if let Some(client) = &client {
+        kills = resolve_jobs(client, kills).await;
+    }
     let rows = group(&kills, cutoff);
     let mut out = std::io::stdout().lock();
     let written = match args.format {
