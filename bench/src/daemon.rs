@@ -3,10 +3,10 @@
 //! test API server, and its CPU under a churn of pod updates.
 use super::observers::OomtraceWatch;
 use super::util::{check_interrupted, cpu_seconds, mib, r3, sleep, status_kb};
-use super::Ctx;
 use anyhow::{bail, Result};
 use oomtrace_tests::apiserver::{pod, ApiServer};
 use serde_json::{json, Value};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Default)]
@@ -84,9 +84,9 @@ pub fn settle_rss(pid: u32, timeout: Duration) -> Result<u64> {
 }
 
 /// `oomtrace watch` with no Kubernetes: idle CPU over `window`, RSS.
-pub fn idle(ctx: &Ctx, window: Duration) -> Result<Cost> {
-    say!("daemon idle cost ({} s)", window.as_secs());
-    let w = OomtraceWatch::start(&ctx.oomtrace, &["--no-kubernetes"], &[])?;
+pub fn idle(bin: &Path, window: Duration) -> Result<Cost> {
+    say!("daemon idle cost ({} s, {})", window.as_secs(), bin.display());
+    let w = OomtraceWatch::start(bin, &["--no-kubernetes"], &[])?;
     sleep(Duration::from_secs(1))?;
     settle_rss(w.proc.pid(), Duration::from_secs(5))?;
     measure(w.proc.pid(), window)
@@ -203,7 +203,7 @@ fn bench_pod(i: usize, node: &str, generation: usize) -> impl serde::Serialize {
 /// `oomtrace watch --kubeconfig …` against the test API server holding `n` pods on this
 /// node: time to sync, then RSS once settled, and idle CPU; then, with `churn_per_s`, its CPU
 /// while the server updates that many pods per second (round robin) for `window`.
-pub fn with_pods(ctx: &Ctx, n: usize, window: Duration, churn_per_s: Option<u32>) -> Result<PodsResult> {
+pub fn with_pods(bin: &Path, n: usize, window: Duration, churn_per_s: Option<u32>) -> Result<PodsResult> {
     say!("daemon with a {n}-pod index (test API server)");
     let node = "oomtrace-bench-node".to_string();
     let api = ApiServer::start();
@@ -228,7 +228,7 @@ pub fn with_pods(ctx: &Ctx, n: usize, window: Duration, churn_per_s: Option<u32>
     let kc = kubeconfig.to_string_lossy().into_owned();
     let t0 = Instant::now();
     let w = OomtraceWatch::start(
-        &ctx.oomtrace,
+        bin,
         &["-v", "--kubeconfig", &kc],
         &[("NODE_NAME", &node), ("RUST_LOG", "info")],
     )?;

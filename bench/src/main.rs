@@ -84,6 +84,9 @@ pub struct Args {
 /// What every phase needs.
 pub struct Ctx {
     pub oomtrace: PathBuf,
+    /// The binary the image ships (the static musl build), whose memory is what a node pays;
+    /// `None` when it was not built (`cargo xtask bench` builds it with the image).
+    pub shipped: Option<PathBuf>,
     /// The kernel's BPF run-time statistics are on (programs' run_cnt / run_time_ns).
     pub bpf_stats: bool,
     /// Where to dump raw observations (`--dump`).
@@ -118,10 +121,19 @@ fn main() -> Result<()> {
     }
     let release = root.join("target/release");
     // Others may rebuild target/ while the bench runs: it runs private copies of the binaries.
-    let bins = BinCopy::new(&release, &["oomtrace", "oomtrace-hog"])?;
+    let bins = BinCopy::new("dev", &release, &["oomtrace", "oomtrace-hog"])?;
+    let static_bin = xtask::image::static_binary(&root);
+    let shipped = match static_bin.parent().filter(|_| static_bin.exists()) {
+        Some(dir) => Some(BinCopy::new("static", dir, &["oomtrace"])?),
+        None => {
+            say!("{} not built (cargo xtask image): daemon figures are the dev build's", static_bin.display());
+            None
+        }
+    };
     let bpf_stats = util::BpfStats::enable();
     let ctx = Ctx {
         oomtrace: bins.path("oomtrace"),
+        shipped: shipped.as_ref().map(|b| b.path("oomtrace")),
         bpf_stats: bpf_stats.on(),
         dump: args.dump.clone(),
     };
@@ -213,13 +225,21 @@ fn main() -> Result<()> {
     results["overhead"] = over.as_ref().map(overhead::OverheadResult::json).unwrap_or(Value::Null);
     write(&results)?;
     util::check_interrupted()?;
-    let idle = want("daemon")
-        .then(|| {
-            daemon::idle(&ctx, idle_window)
-                .map_err(|e| failures.push(format!("daemon idle: {e:#}")))
-                .ok()
-        })
-        .flatten();
+    // What a node pays is the shipped (static) binary's memory; the dev build's idle figure
+    // is measured beside it, since glibc's allocator holds more than musl's.
+    let daemon_bin = ctx.shipped.clone().unwrap_or_else(|| ctx.oomtrace.clone());
+    let mut idle = None;
+    let mut idle_dev = None;
+    if want("daemon") {
+        idle = daemon::idle(&daemon_bin, idle_window)
+            .map_err(|e| failures.push(format!("daemon idle: {e:#}")))
+            .ok();
+        if ctx.shipped.is_some() {
+            idle_dev = daemon::idle(&ctx.oomtrace, idle_window)
+                .map_err(|e| failures.push(format!("daemon idle (dev build): {e:#}")))
+                .ok();
+        }
+    }
     util::check_interrupted()?;
     // A full node (kubelet's default maximum of 110 pods), also under churn, then a large index.
     let mut pods = Vec::new();
@@ -228,13 +248,16 @@ fn main() -> Result<()> {
         if !want("daemon") {
             break;
         }
-        match daemon::with_pods(&ctx, n, idle_window, churn) {
+        match daemon::with_pods(&daemon_bin, n, idle_window, churn) {
             Ok(p) => pods.push(p),
             Err(e) => failures.push(format!("daemon with {n} pods: {e:#}")),
         }
     }
     results["daemon"] = json!({
+        "binary": if ctx.shipped.is_some() { "static (musl), as shipped in the image" } else { "dev (glibc)" },
         "idle": idle.as_ref().map(daemon::Cost::json),
+        "idle_dev_build": idle_dev.as_ref().map(daemon::Cost::json),
+        "targets": daemon_targets(idle.as_ref(), &pods),
         "pod_index": pods.iter().map(daemon::PodsResult::json).collect::<Vec<_>>(),
         "bytes_per_pod": bytes_per_pod(&pods),
     });
@@ -262,7 +285,7 @@ fn main() -> Result<()> {
     if let Some(o) = &over {
         print_overhead(o);
     }
-    print_daemon(idle.as_ref(), &pods);
+    print_daemon(idle.as_ref(), idle_dev.as_ref(), &pods);
     if let Some(h) = &history {
         h.print();
     }
@@ -303,8 +326,8 @@ const STALL: std::time::Duration = std::time::Duration::from_secs(10);
 struct BinCopy(PathBuf);
 
 impl BinCopy {
-    fn new(from: &std::path::Path, names: &[&str]) -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("oomtrace-bench-bin-{}", std::process::id()));
+    fn new(tag: &str, from: &std::path::Path, names: &[&str]) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("oomtrace-bench-bin-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let me = Self(dir);
         for n in names {
@@ -544,10 +567,40 @@ fn bytes_per_pod(pods: &[daemon::PodsResult]) -> Option<f64> {
         .then(|| (large.cost.rss as f64 - small.cost.rss as f64) / (large.pods - small.pods) as f64)
 }
 
-fn print_daemon(idle: Option<&daemon::Cost>, pods: &[daemon::PodsResult]) {
+/// Published by Perun (an aya-based OOM watcher): its RSS with 27 pods.
+const PERUN_RSS_27_PODS: u64 = 23 << 20;
+
+/// The daemon's memory against its targets: `(figure, measured, target, met)`.
+fn targets(idle: Option<&daemon::Cost>, pods: &[daemon::PodsResult]) -> Vec<(&'static str, f64, f64, bool)> {
+    let mut t = Vec::new();
+    if let Some(c) = idle {
+        t.push(("idle VmRSS, MiB", mib(c.rss), 20.0, mib(c.rss) <= 20.0));
+        t.push(("start-up VmHWM, MiB", mib(c.hwm), 40.0, mib(c.hwm) <= 40.0));
+    }
+    if let Some(b) = bytes_per_pod(pods) {
+        t.push(("per indexed pod, KiB", b / 1024.0, 2.0, b <= 2048.0));
+    }
+    if let Some(p) = pods.iter().find(|p| p.pods == FULL_NODE_PODS) {
+        let perun = mib(PERUN_RSS_27_PODS);
+        t.push(("VmRSS at 110 pods, MiB (Perun: 23 at 27)", mib(p.cost.rss), perun, p.cost.rss < PERUN_RSS_27_PODS));
+    }
+    t
+}
+
+fn daemon_targets(idle: Option<&daemon::Cost>, pods: &[daemon::PodsResult]) -> Value {
+    targets(idle, pods)
+        .into_iter()
+        .map(|(what, got, target, met)| json!({ "figure": what, "measured": r3(got), "target": target, "met": met }))
+        .collect()
+}
+
+fn print_daemon(idle: Option<&daemon::Cost>, idle_dev: Option<&daemon::Cost>, pods: &[daemon::PodsResult]) {
     println!("\n== daemon cost (`oomtrace watch`) ==");
     if let Some(c) = idle {
         println!("idle, no Kubernetes:        {}", c.show());
+    }
+    if let Some(c) = idle_dev {
+        println!("  same, dev (glibc) build:  {}", c.show());
     }
     for p in pods {
         println!(
@@ -572,5 +625,8 @@ fn print_daemon(idle: Option<&daemon::Cost>, pods: &[daemon::PodsResult]) {
     }
     if let Some(b) = bytes_per_pod(pods) {
         println!("cost per indexed pod:       {:.2} KiB", b / 1024.0);
+    }
+    for (what, got, target, met) in targets(idle, pods) {
+        println!("target {what}: {got:.2} against {target:.1}: {}", if met { "met" } else { "MISSED" });
     }
 }

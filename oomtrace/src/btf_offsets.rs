@@ -5,10 +5,11 @@
 //! which the kernel uses a lot), and a member that does not exist on this kernel is reported by
 //! name and left as `OFFSET_MISSING`, so the fields that still resolve keep working.
 use anyhow::{anyhow, bail, Context, Result};
-use btf_rs::{Btf, Struct, Type};
+use btf_rs::{Backend, Btf, Struct, Type};
 use fallible_iterator::FallibleIterator;
 use oomtrace_common::{KernelOffsets, OFFSET_MISSING};
-use std::path::Path;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -23,25 +24,51 @@ pub struct Resolved {
     pub missing: Vec<&'static str>,
 }
 
+/// `path` copied into an anonymous memory file, which can always be mapped (the mapping
+/// keeps it alive once the descriptor is closed).
+fn memfd_copy(path: &Path) -> Result<OwnedFd> {
+    // SAFETY: a constant C string and no flags; the result is checked.
+    let fd = unsafe { libc::memfd_create(c"oomtrace-btf".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("memfd_create");
+    }
+    // SAFETY: `fd` was just created and is owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut file = std::fs::File::from(fd.try_clone()?);
+    std::io::copy(&mut std::fs::File::open(path)?, &mut file)?;
+    Ok(fd)
+}
+
 impl KernelBtf {
+    /// Maps the file rather than parsing it whole: btf-rs's parsed form of a kernel's BTF
+    /// takes about 38 MiB, eight times the file, and would be the daemon's peak. Where the
+    /// kernel cannot map `/sys/kernel/btf/vmlinux` (older kernels), a memfd copy is mapped.
     pub fn open(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).with_context(|| {
+        match Self::mapped(path) {
+            Ok(k) => Ok(k),
+            Err(_) => Self::copied(path),
+        }
+    }
+
+    fn mapped(path: &Path) -> Result<Self> {
+        // A malformed file must be an error, never a crash of the daemon.
+        let btf = std::panic::catch_unwind(|| Btf::from_file_with_backend(path, Backend::Mmap))
+            .map_err(|_| anyhow!("malformed BTF"))?
+            .context("malformed BTF")?;
+        Ok(Self { btf })
+    }
+
+    /// Maps a memfd copy of `path`, for files the kernel cannot map.
+    fn copied(path: &Path) -> Result<Self> {
+        let copy = memfd_copy(path).with_context(|| {
             format!(
                 "cannot read kernel BTF at {}: oomtrace needs a kernel built with \
                  CONFIG_DEBUG_INFO_BTF=y (5.8 or newer)",
                 path.display()
             )
         })?;
-        Self::from_bytes(&bytes).with_context(|| format!("parsing kernel BTF {}", path.display()))
-    }
-
-    /// Parses BTF from memory (a file from a BTF archive, or a fuzzer's bytes).
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        // A malformed file must be an error, never a crash of the daemon.
-        let btf = std::panic::catch_unwind(|| Btf::from_bytes(bytes))
-            .map_err(|_| anyhow!("malformed BTF"))?
-            .context("malformed BTF")?;
-        Ok(Self { btf })
+        Self::mapped(&PathBuf::from(format!("/proc/self/fd/{}", copy.as_raw_fd())))
+            .with_context(|| format!("parsing kernel BTF {}", path.display()))
     }
 
     /// Strips typedefs and qualifiers down to the underlying type.
@@ -343,13 +370,33 @@ mod tests {
         std::fs::read(VMLINUX_BTF).ok()
     }
 
+    /// `bytes` opened as the daemon opens a `--btf` file (mapped).
+    fn open_bytes(bytes: &[u8]) -> Result<KernelBtf> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "oomtrace-btf-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, bytes).unwrap();
+        let k = KernelBtf::open(&path);
+        std::fs::remove_file(&path).unwrap();
+        k
+    }
+
     #[test]
     fn resolves_this_kernel() {
         let Some(bytes) = vmlinux() else {
             panic!("no {VMLINUX_BTF}: this kernel has no BTF");
         };
-        let k = KernelBtf::from_bytes(&bytes).unwrap();
+        let k = KernelBtf::open(Path::new(VMLINUX_BTF)).unwrap();
         let r = k.resolve();
+        // The memfd copy (kernels that cannot map their BTF file) and a plain file resolve
+        // the same.
+        let copy = KernelBtf::copied(Path::new(VMLINUX_BTF)).unwrap().resolve();
+        assert_eq!(copy.offsets, r.offsets);
+        assert_eq!(open_bytes(&bytes).unwrap().resolve().offsets, r.offsets);
         assert!(r.missing.iter().all(|m| m.starts_with("oom_control") || m.contains("swap")), "{:?}", r.missing);
         assert_ne!(r.offsets.task_pid, OFFSET_MISSING);
         assert_ne!(r.offsets.mm_rss_anon, OFFSET_MISSING);
@@ -360,8 +407,8 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error() {
-        assert!(KernelBtf::from_bytes(b"").is_err());
-        assert!(KernelBtf::from_bytes(b"\x9f\xeb\x01\x00garbage").is_err());
+        assert!(open_bytes(b"").is_err());
+        assert!(open_bytes(b"\x9f\xeb\x01\x00garbage").is_err());
     }
 
     proptest! {
@@ -382,7 +429,7 @@ mod tests {
             if let Some(cut) = cut {
                 bytes.truncate(cut);
             }
-            if let Ok(k) = KernelBtf::from_bytes(&bytes) {
+            if let Ok(k) = open_bytes(&bytes) {
                 let _ = k.resolve();
                 let _ = k.mark_victim_has_task();
             }

@@ -125,6 +125,9 @@ impl Sink for DaemonSink {
 }
 
 pub async fn run(args: DaemonArgs) -> Result<()> {
+    // Loaded before the Kubernetes client exists: start-up then peaks at the kernel BTF's
+    // parse alone.
+    let tracer = crate::tracer::Tracer::start(&args.hooks.options())?;
     let client = args.k8s.client().await?;
     let attributor = args.k8s.attributor(client.clone());
     let metrics = Arc::new(Metrics::new());
@@ -173,5 +176,5 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         kill_errors,
         warning_errors,
     };
-    trace(&args.hooks.options(), &attributor, &mut sink, stats, export).await
+    trace(tracer, &attributor, &mut sink, stats, export).await
 }

@@ -31,7 +31,7 @@ use crate::explain::Budget;
 use crate::incident::Incidents;
 use crate::k8s::attribution::Attributor;
 use crate::pressure::MemoryPressure;
-use crate::tracer::{Counters, KernelCounters, Options, Tracer};
+use crate::tracer::{Counters, KernelCounters, Tracer};
 use anyhow::Result;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -294,10 +294,12 @@ async fn explain(
     }
 }
 
-/// Runs the tracer until SIGINT/SIGTERM or until the sink says stop. Announces on stderr
-/// once the programs are attached, so people and scripts know it is live.
+/// Runs the tracer started by [`Tracer::start`] until SIGINT/SIGTERM or until the sink says
+/// stop. Announces on stderr that the programs are attached, so people and scripts know it
+/// is live. Callers start the tracer before the pod index, so that the start-up peak (the
+/// kernel BTF, the programs' load) is over before the pod list is decoded.
 pub async fn trace(
-    opts: &Options,
+    (tracer, counters): (Tracer, KernelCounters),
     attributor: &Attributor,
     sink: &mut dyn Sink,
     stats: Arc<Stats>,
@@ -305,7 +307,6 @@ pub async fn trace(
 ) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    let (tracer, counters) = Tracer::start(opts)?;
     let hierarchies = Hierarchies::detect()
         .inspect_err(|e| tracing::warn!("cannot read cgroup mounts: {e:#}"))
         .ok();

@@ -152,16 +152,18 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         return Ok(());
     }
     let filter = Filter::new(&args.filter)?;
-    let client = args.k8s.client().await?;
     if args.cluster {
-        let Some(client) = client else {
+        let Some(client) = args.k8s.client().await? else {
             anyhow::bail!(
                 "--cluster needs a Kubernetes config (--kubeconfig, $KUBECONFIG or ~/.kube/config)"
             );
         };
         return crate::cluster::run(client, filter, args.format, args.since, args.count).await;
     }
-    let attributor = args.k8s.attributor(client);
+    // Loaded before the Kubernetes client exists: start-up then peaks at the kernel BTF's
+    // parse alone.
+    let tracer = crate::tracer::Tracer::start(&opts)?;
+    let attributor = args.k8s.attributor(args.k8s.client().await?);
     let errors = OutputErrors::default();
     let mut sink = PrintSink {
         printer: Printer::new(std::io::stdout(), args.format),
@@ -180,7 +182,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         }
     };
     trace(
-        &opts,
+        tracer,
         &attributor,
         &mut sink,
         Arc::new(Stats::default()),
