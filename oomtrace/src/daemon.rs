@@ -104,8 +104,9 @@ impl Sink for DaemonSink {
     }
 
     fn kill(&mut self, ev: &OomKill) -> bool {
-        Self::line(&self.out, ev, &mut self.kill_errors);
+        // Counted before it is printed: whoever has read the line finds it in the metrics.
         self.health.metrics.record(ev);
+        Self::line(&self.out, ev, &mut self.kill_errors);
         if let Some(p) = &self.events {
             p.publish(ev);
         }
@@ -113,8 +114,8 @@ impl Sink for DaemonSink {
     }
 
     fn pressure(&mut self, p: &MemoryPressure) {
-        Self::line(&self.out, p, &mut self.warning_errors);
         self.health.metrics.record_pressure(p);
+        Self::line(&self.out, p, &mut self.warning_errors);
     }
 
     fn finish(&mut self, deadline: std::time::Instant) {
