@@ -2,7 +2,7 @@
 //! single kills, every observer running side by side, the kernel's `oom_kill` counters as
 //! the truth.
 use super::observers::{Arrived, BpfVictim, Bpftrace, KmsgLog, KmsgReader, OomkillTool, OomtraceWatch};
-use super::util::{bpf_prog_stats, check_interrupted, parse_rfc3339_ns, sleep, Dist};
+use super::util::{bpf_prog_stats, check_interrupted, parse_rfc3339_ns, r3, sleep, Dist};
 use super::Ctx;
 use anyhow::Result;
 use oomtrace_tests::cgroup::{Hog, TestCgroup};
@@ -398,6 +398,9 @@ pub struct IsolatedResult {
     pub oomtrace_seen: usize,
     pub oomtrace_latency: Dist,
     pub bpftrace_latency: Dist,
+    /// oomtrace's BPF time per kill, µs: as run (the charging task's stacks captured), and a
+    /// second daemon with `--no-charge-stacks` on the same kills.
+    pub bpf_us_per_kill: Option<(f64, f64)>,
 }
 
 impl IsolatedResult {
@@ -407,6 +410,11 @@ impl IsolatedResult {
             "kernel_oom_kill": self.kernel,
             "oomtrace_reported": self.oomtrace_seen,
             "latency": { "oomtrace": self.oomtrace_latency.json(), "bpftrace": self.bpftrace_latency.json() },
+            "bpf_us_per_kill": self.bpf_us_per_kill.map(|(with, without)| json!({
+                "with_charge_stacks": r3(with),
+                "without_charge_stacks": r3(without),
+                "stack_capture": r3(with - without),
+            })),
         })
     }
 }
@@ -417,6 +425,11 @@ pub fn isolated(ctx: &Ctx, n: usize) -> Result<IsolatedResult> {
     let cg = TestCgroup::new("oomtrace-bench-single")?;
     cg.set_limit(LIMIT_MIB * MIB)?;
     let watch = OomtraceWatch::start(&ctx.oomtrace, &["--no-kubernetes"], &[])?;
+    // The same kills seen without the stacks: what capturing them costs, side by side.
+    let plain = match ctx.bpf_stats {
+        true => Some(OomtraceWatch::start(&ctx.oomtrace, &["--no-kubernetes", "--no-charge-stacks"], &[])?),
+        false => None,
+    };
     let mut bpf = Bpftrace::start().map_err(|e| say!("bpftrace unavailable: {e:#}")).ok();
     sleep(Duration::from_millis(500))?;
     let ours = |v: &Value| v["cgroup"]["memory"]["path"].as_str() == Some(cg.rel.as_str());
@@ -437,6 +450,9 @@ pub fn isolated(ctx: &Ctx, n: usize) -> Result<IsolatedResult> {
         sleep(Duration::from_millis(150))?;
     }
     let kernel = cg.oom_kills();
+    let per_kill = |w: &OomtraceWatch| bpf_prog_stats(w.proc.pid()).map(|(_, ns)| ns as f64 / 1e3 / kernel.max(1) as f64);
+    let bpf_us_per_kill = plain.as_ref().and_then(|p| per_kill(&watch).zip(per_kill(p)));
+    drop(plain);
     let evs = watch.take(&ours);
     drop(watch);
     let bpf_lat = match &mut bpf {
@@ -453,6 +469,7 @@ pub fn isolated(ctx: &Ctx, n: usize) -> Result<IsolatedResult> {
         oomtrace_seen: seen,
         oomtrace_latency: Dist::of(&oomtrace_latencies(&evs)),
         bpftrace_latency: bpf_lat,
+        bpf_us_per_kill,
     })
 }
 

@@ -506,6 +506,12 @@ fn print_latency(storms: &[capture::StormResult], iso: Option<&capture::Isolated
             i.oomtrace_latency.show(),
             i.bpftrace_latency.show()
         );
+        if let Some((with, without)) = i.bpf_us_per_kill {
+            println!(
+                "    oomtrace BPF time per kill: {with:.1} µs with the charging task's stacks, {without:.1} µs without (--no-charge-stacks): the stacks cost {:.1} µs",
+                with - without
+            );
+        }
     }
 }
 

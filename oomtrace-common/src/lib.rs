@@ -11,6 +11,12 @@ pub const MAX_CGROUP_DEPTH: usize = 12;
 /// Bytes kept of each cgroup directory name; longer names are truncated and flagged.
 pub const CGROUP_NAME_LEN: usize = 128;
 pub const TASK_COMM_LEN: usize = 16;
+/// Kernel frames kept of the charging task's stack: the OOM killer's own frames come first
+/// (about twelve), and the allocation that charged sits below them.
+pub const KSTACK_DEPTH: usize = 40;
+/// User frames kept of the charging task's stack (without frame pointers only the first one,
+/// the faulting or calling instruction, is reliable).
+pub const USTACK_DEPTH: usize = 8;
 
 /// A charge that fails can be up to a PMD-sized folio: a memory cgroup whose usage is within
 /// this many pages of its limit is at the limit (for the kernel side's warnings and the
@@ -198,6 +204,19 @@ pub mod valid {
     /// `memcg` holds the *trigger's* memcg ancestry (classic tracepoint without the task):
     /// good for the OOM domain, not for the victim's own cgroup.
     pub const MEMCG_CHAIN_OF_TRIGGER: u32 = 1 << 14;
+    /// `kstack` holds the charging task's kernel stack (`kstack_len` frames).
+    pub const KSTACK: u32 = 1 << 15;
+    /// `ustack` holds the charging task's user stack (`ustack_len` frames).
+    pub const USTACK: u32 = 1 << 16;
+}
+
+/// Settings userspace installs as the global `CONFIG` before load.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// 1: capture the charging task's kernel and user stacks at each victim.
+    pub charge_stacks: u32,
+    pub _pad: u32,
 }
 
 /// How the program that produced the event was attached.
@@ -305,6 +324,14 @@ pub struct OomEvent {
     /// `dfl[0]` is the victim's cgroup v2 cgroup, then its parent, up to the root.
     pub dfl: [CgroupLevel; MAX_CGROUP_DEPTH],
     pub ctx: OomContext,
+    /// Frames of `kstack` and `ustack` filled (see valid::KSTACK, valid::USTACK).
+    pub kstack_len: u32,
+    pub ustack_len: u32,
+    /// The charging task's (`current`'s) kernel stack at the kill, innermost first: the
+    /// allocation whose charge invoked the OOM killer.
+    pub kstack: [u64; KSTACK_DEPTH],
+    /// The same task's user stack, innermost first.
+    pub ustack: [u64; USTACK_DEPTH],
 }
 
 /// `oom_kill_process` returned: every victim of invocation `seq` has been marked.
@@ -365,4 +392,5 @@ mod pod {
     // SAFETY: plain `#[repr(C)]` integers and byte arrays, no padding holes with invalid values.
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::TracepointLayout {}
+    unsafe impl aya::Pod for super::Config {}
 }

@@ -14,7 +14,8 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
+        bpf_get_stack, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
+        bpf_probe_read_kernel_str_bytes,
     },
     macros::{btf_tracepoint, fentry, fexit, kprobe, kretprobe, map, tracepoint},
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
@@ -26,9 +27,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::{debug, warn};
 use oomtrace_common::{
-    counter, ctx_source, kind, source, valid, InvocationEnd, KernelOffsets, MemcgLevel, OomContext,
-    OomEvent, PressureEvent, TracepointLayout, AT_LIMIT_SLACK_PAGES, CGROUP_NAME_LEN, MAX_CGROUP_DEPTH,
-    OFFSET_MISSING, UNLIMITED_PAGES,
+    counter, ctx_source, kind, source, valid, Config, InvocationEnd, KernelOffsets, MemcgLevel,
+    OomContext, OomEvent, PressureEvent, TracepointLayout, AT_LIMIT_SLACK_PAGES, CGROUP_NAME_LEN,
+    KSTACK_DEPTH, MAX_CGROUP_DEPTH, OFFSET_MISSING, UNLIMITED_PAGES, USTACK_DEPTH,
 };
 
 #[unsafe(no_mangle)]
@@ -36,6 +37,12 @@ static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets::MISSING);
 
 #[unsafe(no_mangle)]
 static TP_LAYOUT: Global<TracepointLayout> = Global::new(TracepointLayout::MISSING);
+
+#[unsafe(no_mangle)]
+static CONFIG: Global<Config> = Global::new(Config { charge_stacks: 1, _pad: 0 });
+
+/// `bpf_get_stack` flag for the user stack.
+const BPF_F_USER_STACK: u64 = 256;
 
 /// Victim events to userspace. Userspace sets the size at load time.
 #[map]
@@ -247,6 +254,35 @@ unsafe fn fill_memcg_chain(
     (depth, css != 0)
 }
 
+/// The charging task's stacks: `current` at `mark_victim` is the task whose charge invoked
+/// the OOM killer, so its kernel stack below the OOM killer's frames is the allocation.
+/// Written straight into the reserved record; a failed capture leaves the field unset.
+#[inline(always)]
+fn capture_stacks<C: EbpfContext>(ctx: &C, ev: &mut OomEvent) {
+    ev.kstack_len = 0;
+    ev.ustack_len = 0;
+    if CONFIG.load().charge_stacks == 0 {
+        return;
+    }
+    let size = (KSTACK_DEPTH * 8) as u32;
+    let n = unsafe { bpf_get_stack(ctx.as_ptr(), ev.kstack.as_mut_ptr().cast(), size, 0) };
+    if n > 0 {
+        ev.kstack_len = (n as u32 / 8).min(KSTACK_DEPTH as u32);
+        ev.valid |= valid::KSTACK;
+    } else {
+        bump(counter::READ_ERRORS);
+    }
+    let size = (USTACK_DEPTH * 8) as u32;
+    let n = unsafe {
+        bpf_get_stack(ctx.as_ptr(), ev.ustack.as_mut_ptr().cast(), size, BPF_F_USER_STACK)
+    };
+    // A kernel thread has no user stack: that is no error.
+    if n > 0 {
+        ev.ustack_len = (n as u32 / 8).min(USTACK_DEPTH as u32);
+        ev.valid |= valid::USTACK;
+    }
+}
+
 /// Reserves an event and fills what every strategy knows: time, trigger, OOM context.
 #[inline(always)]
 fn begin_event(src: u32) -> Option<aya_ebpf::maps::ring_buf::RingBufEntry<OomEvent>> {
@@ -303,6 +339,7 @@ pub fn mark_victim_btf(ctx: BtfTracePointContext) -> i32 {
         return 0;
     };
     let ev = unsafe { &mut *entry.as_mut_ptr() };
+    capture_stacks(&ctx, ev);
     unsafe { fill_from_task(ev, task, Some(uid)) };
     debug!(&ctx, "mark_victim (tp_btf) pid={}", ev.victim_pid);
     entry.submit(0);
@@ -319,6 +356,7 @@ pub fn mark_victim_tp(ctx: TracePointContext) -> i32 {
         return 0;
     };
     let ev = unsafe { &mut *entry.as_mut_ptr() };
+    capture_stacks(&ctx, ev);
     let rec = ctx.as_ptr() as u64;
     if let Some(pid) = unsafe { read::<i32>(rec, l.pid) } {
         ev.victim_pid = pid as u32;

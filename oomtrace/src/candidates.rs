@@ -1,12 +1,13 @@
-//! `oom.candidates`: the OOM cgroup's largest tasks as the OOM killer weighs them, and the
-//! verdict's clause when it chose a smaller task over a larger one.
+//! `oom.candidates`: the OOM domain's largest tasks (the OOM cgroup's, or the node's for a
+//! node-wide OOM) as the OOM killer weighs them, and the verdict's clause when it chose a
+//! smaller task over a larger one.
 //!
 //! The kernel's `oom_badness()` (mm/oom_kill.c) gives each task, in pages, its RSS + swap
 //! entries + page tables, plus `oom_score_adj × (totalpages / 1000)`; `-1000` makes a task
 //! unkillable. `totalpages` is the OOM domain's size: the memory cgroup's limit plus the swap
-//! it may use. The inputs are read from procfs right after the kill (the victim's from the
+//! it may use, or the node's RAM plus swap. The inputs are read from procfs right after the kill (the victim's from the
 //! kernel's record at the kill), so they can differ from the kernel's by what changed since.
-use crate::model::{Candidate, OomKill, TaskRss};
+use crate::model::{Candidate, Constraint, OomKill, TaskRss};
 use crate::output::human;
 
 /// Candidates listed per kill.
@@ -44,18 +45,26 @@ fn memory_cgroup(text: &str) -> Option<String> {
 fn parse_status(pid: u32, status: &str) -> Option<Task> {
     let mut comm = String::new();
     let (mut anon, mut file, mut shmem, mut swap, mut pte) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut has_mm = false;
     for l in status.lines() {
         let Some((k, v)) = l.split_once(':') else { continue };
         let kb = || v.trim().trim_end_matches(" kB").parse::<u64>().unwrap_or(0).saturating_mul(1024);
         match k {
             "Name" => comm = v.trim().to_string(),
-            "RssAnon" => anon = kb(),
+            "RssAnon" => {
+                anon = kb();
+                has_mm = true;
+            }
             "RssFile" => file = kb(),
             "RssShmem" => shmem = kb(),
             "VmSwap" => swap = kb(),
             "VmPTE" => pte = kb(),
             _ => {}
         }
+    }
+    // A kernel thread or a zombie has no memory: the OOM killer passes it over.
+    if !has_mm {
+        return None;
     }
     let rss = TaskRss {
         pid,
@@ -68,24 +77,39 @@ fn parse_status(pid: u32, status: &str) -> Option<Task> {
     Some(Task { rss, swap_bytes: swap, pgtables_bytes: pte, oom_score_adj: None, cgroup: None })
 }
 
-/// The OOM domain's size in pages: the kernel's own when the OOM context was read, else the
-/// limit when the node has no swap (then nothing is added to it); unknown otherwise. The
-/// node's swap is only looked up when the kernel's figure is missing.
-fn total_pages(ev: &OomKill, page: u64, swap_total_bytes: impl FnOnce() -> Option<u64>) -> Option<u64> {
+/// The OOM domain's size in pages: the kernel's own when the OOM context was read. Else, for
+/// a memcg OOM, the limit when the node has no swap (then nothing is added to it), and for a
+/// node-wide one the node's RAM and swap (`totalram_pages() + total_swap_pages`); unknown
+/// otherwise. `/proc/meminfo` is only looked up when the kernel's figure is missing.
+fn total_pages(ev: &OomKill, page: u64, meminfo: impl FnOnce() -> Option<MemInfo>) -> Option<u64> {
     if let Some(d) = ev.oom.domain_bytes {
         return Some(d / page);
     }
-    match swap_total_bytes() {
-        Some(0) => ev.oom.limit_bytes.map(|l| l / page),
+    match ev.oom.constraint? {
+        Constraint::Memcg => match meminfo()?.swap_total {
+            0 => ev.oom.limit_bytes.map(|l| l / page),
+            _ => None,
+        },
+        Constraint::Global => meminfo().map(|m| m.mem_total.saturating_add(m.swap_total) / page),
         _ => None,
     }
 }
 
-/// The node's swap space, from `/proc/meminfo`.
-fn swap_total() -> Option<u64> {
+/// The node's RAM and swap, in bytes.
+#[derive(Debug, Clone, Copy)]
+struct MemInfo {
+    mem_total: u64,
+    swap_total: u64,
+}
+
+/// `MemTotal` and `SwapTotal` of `/proc/meminfo`.
+fn meminfo() -> Option<MemInfo> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("SwapTotal:"))?;
-    line.trim_start_matches("SwapTotal:").trim().trim_end_matches(" kB").parse::<u64>().ok().map(|kb| kb * 1024)
+    let kb = |key: &str| {
+        let line = text.lines().find(|l| l.starts_with(key))?;
+        line[key.len()..].trim().trim_end_matches(" kB").parse::<u64>().ok().map(|kb| kb.saturating_mul(1024))
+    };
+    Some(MemInfo { mem_total: kb("MemTotal:")?, swap_total: kb("SwapTotal:")? })
 }
 
 /// `oom_badness()`: `None` for an unkillable task or an unknown domain.
@@ -130,7 +154,7 @@ pub fn victim(ev: &OomKill) -> Option<Task> {
 /// The candidates of `ev` among `tasks`, scored against its OOM domain.
 pub fn of(ev: &OomKill, tasks: &[Task]) -> Vec<Candidate> {
     let page = crate::cgroup_fs::page_size();
-    rank(tasks, ev.victim.pid, total_pages(ev, page, swap_total), page)
+    rank(tasks, ev.victim.pid, total_pages(ev, page, meminfo), page)
 }
 
 /// The largest candidates by points (by footprint where points are unknown), the victim
@@ -246,10 +270,25 @@ mod tests {
 
     #[test]
     fn the_domain_is_the_kernels_or_the_limit_without_swap() {
+        let mem = |swap_total| move || Some(MemInfo { mem_total: 1 << 30, swap_total });
         let mut ev = crate::model::test_kill(serde_json::json!({"oom": {"constraint": "memcg", "limit_bytes": 128 * MIB}}));
-        assert_eq!(total_pages(&ev, PAGE, || Some(0)), Some(32768));
-        assert_eq!(total_pages(&ev, PAGE, || Some(1 << 30)), None, "swap adds an unknown share");
+        assert_eq!(total_pages(&ev, PAGE, mem(0)), Some(32768));
+        assert_eq!(total_pages(&ev, PAGE, mem(1 << 30)), None, "swap adds an unknown share");
         ev.oom.domain_bytes = Some(256 * MIB);
         assert_eq!(total_pages(&ev, PAGE, || unreachable!("the kernel's figure needs no lookup")), Some(65536));
+        let global = crate::model::test_kill(serde_json::json!({"oom": {"constraint": "global"}}));
+        assert_eq!(total_pages(&global, PAGE, mem(256 * MIB)), Some(327_680), "RAM and swap");
+        let cpuset = crate::model::test_kill(serde_json::json!({"oom": {"constraint": "cpuset"}}));
+        assert_eq!(total_pages(&cpuset, PAGE, mem(0)), None);
+    }
+
+    #[test]
+    fn kernel_threads_and_zombies_are_passed_over() {
+        assert_eq!(parse_status(2, "Name:\tkthreadd\nState:\tS (sleeping)\nThreads:\t1\n"), None);
+    }
+
+    #[test]
+    fn meminfo_here_has_ram() {
+        assert!(meminfo().is_some_and(|m| m.mem_total > 0));
     }
 }

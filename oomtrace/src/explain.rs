@@ -103,6 +103,22 @@ impl Walk {
         self.cut
     }
 
+    /// Every process of the node (`/proc`'s numeric entries, thread-group leaders as the OOM
+    /// killer walks them), but global init, which it never picks.
+    fn every_process(&mut self, out: &mut Vec<u32>) {
+        let Ok(entries) = std::fs::read_dir("/proc") else { return };
+        for e in entries.flatten() {
+            if out.len() >= self.budget.max_tasks {
+                self.cut = true;
+                return;
+            }
+            match e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) {
+                Some(1) | None => {}
+                Some(pid) => out.push(pid),
+            }
+        }
+    }
+
     /// Every process in `dir` and the cgroups below it.
     fn procs_below(&mut self, dir: &Path, out: &mut Vec<u32>, depth: u32) {
         if depth > 16 || self.spent() {
@@ -134,44 +150,17 @@ impl Walk {
     }
 }
 
-/// Gathers the explanation of `ev`'s OOM cgroup (memcg OOMs only; a node-wide OOM has no
-/// cgroup to break down). `killed_at` is when the kernel marked the victim.
-/// Returns whether a bound of `budget` cut it short (the task list is then partial).
+/// Gathers the explanation of `ev`: for a memcg OOM its cgroup's breakdown and tasks, for a
+/// node-wide OOM the node's tasks (the OOM killer weighs every process then). A cpuset or
+/// mempolicy OOM weighs only the tasks allowed on its nodes, which procfs cannot tell apart:
+/// nothing is gathered rather than a wrong list. `killed_at` is when the kernel marked the
+/// victim. Returns whether a bound of `budget` cut it short (the task list is then partial).
 pub fn gather(
     ev: &OomKill,
     h: &Hierarchies,
     killed_at: std::time::SystemTime,
     budget: Budget,
 ) -> Option<(Explanation, bool)> {
-    if ev.oom.constraint != Some(Constraint::Memcg) {
-        return None;
-    }
-    let (version, _) = h.memory.as_ref()?;
-    let dir = h.memory_dir(ev.oom.cgroup.as_deref()?)?;
-    let mut x = Explanation {
-        memory_stat: read(&dir, "memory.stat").map(|t| parse_memory_stat(*version, &t)),
-        details_source: Some(DetailsSource::CgroupfsProcfs),
-        ..Default::default()
-    };
-    match version {
-        MemoryVersion::V1 => {
-            let memsw = read_u64(&dir, "memory.memsw.usage_in_bytes");
-            let usage = read_u64(&dir, "memory.usage_in_bytes");
-            x.swap_usage_bytes = memsw.zip(usage).map(|(m, u)| m.saturating_sub(u));
-            if let Some(ms) = x.memory_stat.as_mut() {
-                ms.kernel_bytes = read_u64(&dir, "memory.kmem.usage_in_bytes");
-                ms.sock_bytes = read_u64(&dir, "memory.kmem.tcp.usage_in_bytes");
-            }
-        }
-        MemoryVersion::V2 => {
-            x.swap_usage_bytes = read_u64(&dir, "memory.swap.current");
-            x.high_bytes = read_u64(&dir, "memory.high");
-            x.pressure = read(&dir, "memory.pressure").map(|t| parse_pressure(&t));
-            if let Some(ms) = x.memory_stat.as_mut() {
-                ms.swap_bytes = x.swap_usage_bytes;
-            }
-        }
-    }
     let mut walk = Walk {
         budget,
         deadline: std::time::Instant::now() + budget.time,
@@ -179,7 +168,19 @@ pub fn gather(
         cut: false,
     };
     let mut pids = Vec::new();
-    walk.procs_below(&dir, &mut pids, 0);
+    let mut x = match ev.oom.constraint? {
+        Constraint::Memcg => {
+            let dir = h.memory_dir(ev.oom.cgroup.as_deref()?)?;
+            let x = cgroup_breakdown(h, &dir)?;
+            walk.procs_below(&dir, &mut pids, 0);
+            x
+        }
+        Constraint::Global => {
+            walk.every_process(&mut pids);
+            Explanation { details_source: Some(DetailsSource::CgroupfsProcfs), ..Default::default() }
+        }
+        _ => return None,
+    };
     let victim = ev.victim.pid;
     let mut read = Vec::new();
     for pid in pids.into_iter().filter(|p| Some(*p) != victim) {
@@ -196,6 +197,36 @@ pub fn gather(
     x.tasks = tasks;
     x.details_after_ms = killed_at.elapsed().ok().map(|d| d.as_secs_f64() * 1000.0);
     Some((x, walk.cut))
+}
+
+/// The OOM cgroup's `memory.stat`, swap, `memory.high` and pressure.
+fn cgroup_breakdown(h: &Hierarchies, dir: &Path) -> Option<Explanation> {
+    let (version, _) = h.memory.as_ref()?;
+    let mut x = Explanation {
+        memory_stat: read(dir, "memory.stat").map(|t| parse_memory_stat(*version, &t)),
+        details_source: Some(DetailsSource::CgroupfsProcfs),
+        ..Default::default()
+    };
+    match version {
+        MemoryVersion::V1 => {
+            let memsw = read_u64(dir, "memory.memsw.usage_in_bytes");
+            let usage = read_u64(dir, "memory.usage_in_bytes");
+            x.swap_usage_bytes = memsw.zip(usage).map(|(m, u)| m.saturating_sub(u));
+            if let Some(ms) = x.memory_stat.as_mut() {
+                ms.kernel_bytes = read_u64(dir, "memory.kmem.usage_in_bytes");
+                ms.sock_bytes = read_u64(dir, "memory.kmem.tcp.usage_in_bytes");
+            }
+        }
+        MemoryVersion::V2 => {
+            x.swap_usage_bytes = read_u64(dir, "memory.swap.current");
+            x.high_bytes = read_u64(dir, "memory.high");
+            x.pressure = read(dir, "memory.pressure").map(|t| parse_pressure(&t));
+            if let Some(ms) = x.memory_stat.as_mut() {
+                ms.swap_bytes = x.swap_usage_bytes;
+            }
+        }
+    }
+    Some(x)
 }
 
 /// The victim as the kernel saw it at the kill (by now its memory is being reaped): listed
@@ -227,7 +258,8 @@ pub fn apply(ev: &mut OomKill, details: Option<Explanation>) {
 
 /// One line an on-call engineer reads first, and what to change when the evidence names it.
 /// The rules, in order:
-/// 1. node-wide OOM → "node out of memory; <victim> was the largest task";
+/// 1. node-wide OOM → "node out of memory; <victim> was the largest task" (or "the OOM killer
+///    chose <victim>" when the node's candidates do not show it largest);
 /// 2. the OOM cgroup is a pod-level cgroup → "pod-level limit hit while every container was
 ///    under its own";
 /// 3. page cache + tmpfs ≥ 50 % of usage → "page cache + tmpfs (shmem) made up N % of usage";
@@ -239,10 +271,22 @@ pub fn apply(ev: &mut OomKill, details: Option<Explanation>) {
 /// 7. anon ≥ 50 % → "anon memory of several processes filled the <scope> limit";
 /// 8. otherwise "<scope> limit hit".
 ///
-/// The OOM cgroup's trend then adds how usage moved (see [`crate::trend::phrase`]) and, where
+/// The charge that invoked the OOM killer then says what its task was doing (see
+/// [`crate::charge::phrase`]), a surprising choice of victim why (see
+/// [`crate::candidates::surprise`]), and the OOM cgroup's trend how usage moved (see [`crate::trend::phrase`]) and, where
 /// no runtime setting is named, what follows from it (see [`crate::recommend::from_trend`]).
 pub fn judge(ev: &OomKill, x: Option<&Explanation>) -> (String, Option<Recommendation>) {
     let (mut verdict, recommendation) = finding(ev, x);
+    let own = ev.trigger.tgid.is_some() && ev.trigger.tgid == ev.victim.tgid.or(ev.victim.pid);
+    let comm = ev.trigger.comm.as_deref().unwrap_or("the trigger");
+    // Another task than the victim, often of the same name: its pid tells them apart.
+    let trigger = match ev.trigger.tgid.filter(|_| !own) {
+        Some(tgid) => format!("{comm} (pid {tgid})"),
+        None => comm.to_owned(),
+    };
+    if let Some(how) = ev.oom.charge.as_ref().and_then(|c| crate::charge::phrase(c, &trigger, own, ev.limit_scope())) {
+        verdict = format!("{verdict}; {how}");
+    }
     if let Some(why) = x.and_then(|x| crate::candidates::surprise(&x.candidates)) {
         verdict = format!("{verdict}; {why}");
     }
@@ -253,12 +297,24 @@ pub fn judge(ev: &OomKill, x: Option<&Explanation>) -> (String, Option<Recommend
     (verdict, recommendation.or_else(|| crate::recommend::from_trend(ev, x)))
 }
 
+/// Rule 1: the victim is called the largest task only when the node's candidates show it
+/// (an `oom_score_adj` can pick a smaller one; [`crate::candidates::surprise`] then says why).
+fn node_wide(comm: &str, x: Option<&Explanation>) -> String {
+    let largest = x
+        .map(|x| &x.candidates)
+        .and_then(|c| c.iter().find(|c| c.victim).map(|v| c.iter().all(|o| o.footprint_bytes <= v.footprint_bytes)));
+    match largest {
+        Some(true) => format!("node out of memory; {comm} was the largest task"),
+        _ => format!("node out of memory; the OOM killer chose {comm}"),
+    }
+}
+
 /// Rules 1–8 of [`judge`].
 fn finding(ev: &OomKill, x: Option<&Explanation>) -> (String, Option<Recommendation>) {
     let comm = ev.victim.comm.as_deref().unwrap_or("the victim");
     let plain = |v: String| (v, None);
     match ev.oom.constraint {
-        Some(Constraint::Global) => return plain(format!("node out of memory; {comm} was the largest task")),
+        Some(Constraint::Global) => return plain(node_wide(comm, x)),
         Some(Constraint::Memcg) => {}
         Some(other) => return plain(format!("{other}-constrained OOM")),
         None => return plain("OOM of unknown scope".into()),
@@ -357,10 +413,27 @@ mod tests {
         );
         let mut global = memcg_kill(10 * M, 0, 64 * M);
         global.oom.constraint = Some(Constraint::Global);
-        assert_eq!(
-            verdict(&global, None),
-            "node out of memory; python3 was the largest task"
-        );
+        assert_eq!(verdict(&global, None), "node out of memory; the OOM killer chose python3");
+        let node = |victim_mib: u64, other_mib: u64| Explanation {
+            candidates: [(1, victim_mib, true), (2, other_mib, false)]
+                .map(|(pid, mib, victim)| crate::model::Candidate {
+                    pid,
+                    comm: format!("t{pid}"),
+                    footprint_bytes: mib * M,
+                    rss_bytes: mib * M,
+                    swap_bytes: 0,
+                    pgtables_bytes: 0,
+                    oom_score_adj: Some(0),
+                    points: None,
+                    cgroup: None,
+                    container: None,
+                    victim,
+                })
+                .to_vec(),
+            ..Default::default()
+        };
+        assert_eq!(verdict(&global, Some(&node(500, 20))), "node out of memory; python3 was the largest task");
+        assert_eq!(verdict(&global, Some(&node(20, 500))), "node out of memory; the OOM killer chose python3");
     }
 
     /// A memcg kill of `comm` holding `rss_mib`, under `limit_mib`, whose process was this.

@@ -1,6 +1,7 @@
 //! oomtrace: catch every kernel OOM kill with eBPF and say exactly what happened.
 pub mod btf_offsets;
 pub mod candidates;
+pub mod charge;
 pub mod cgroup_fs;
 pub mod cluster;
 pub mod daemon;

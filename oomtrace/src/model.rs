@@ -302,7 +302,51 @@ pub struct Oom {
     pub trend: Option<Trend>,
     /// What to change, when the evidence names it (see `recommend`).
     pub recommendation: Option<Recommendation>,
+    /// The allocation whose charge invoked the OOM killer (see `charge`); null when the
+    /// stacks were not captured.
+    #[serde(default)]
+    pub charge: Option<Charge>,
     pub source: OomSource,
+}
+
+names! {
+    /// What the charge that invoked the OOM killer was for, from its kernel stack.
+    pub enum ChargeKind {
+        /// A page fault in anonymous memory (heap, stacks, private mappings).
+        AnonFault = "anon_fault",
+        /// A file page read or written through the page cache.
+        PageCache = "page_cache",
+        /// A tmpfs / shared-memory page (emptyDir `medium: Memory`, /dev/shm, memfd).
+        Shmem = "shmem",
+        /// Kernel objects charged to the cgroup (slab).
+        Slab = "slab",
+        /// Socket buffers.
+        Socket = "socket",
+        /// Pipe buffers.
+        Pipe = "pipe",
+        /// A transparent huge page (2 MiB charged at once).
+        Thp = "thp",
+        Other = "other",
+    }
+}
+
+/// The allocation whose charge invoked the OOM killer: the charging task's stacks.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Charge {
+    /// Null when the kernel stack could not be symbolized (`stack_note` says why).
+    pub kind: Option<ChargeKind>,
+    /// Whether the page-cache charge was a write (`false`: a read or fault); null otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write: Option<bool>,
+    /// Kernel functions from the allocation outwards, below the OOM killer's own frames.
+    pub stack: Vec<String>,
+    /// The charging task's user stack, innermost first (`[unknown]` where a frame has no
+    /// symbol); null when it could not be symbolized (`user_stack_note` says why).
+    pub user_stack: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_note: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_stack_note: Option<String>,
 }
 
 /// How the OOM cgroup's usage moved before the kill.

@@ -7,6 +7,7 @@
 //! 3. the OOM domain: which cgroup's limit was hit ([`DomainTracker`]);
 //! 4. decode, pure: the kernel record and what the stages before found become the event
 //!    ([`Decoder`]);
+//!    The allocation that invoked the OOM killer, symbolized ([`KernelSymbols`]);
 //! 5. the OOM cgroup's memory history up to the kill and its trend ([`History`], sampled by
 //!    [`history_sampler`] on a thread of its own);
 //! 6. attribution to a pod and container, and the pod spec's runtime settings when procfs
@@ -20,6 +21,7 @@
 //! they stay fresh while a stage is slow. On SIGINT/SIGTERM the reader empties the ring,
 //! then the stages finish within [`EXIT_DEADLINE`]; what is left is counted and logged.
 use crate::cgroup_fs::Hierarchies;
+use crate::charge::KernelSymbols;
 use crate::event::{victim_cgroup, Decoder};
 use crate::history::History;
 use crate::history_sampler;
@@ -314,6 +316,7 @@ pub async fn trace(
     let procfs = victim_procfs::Reader::new(hierarchies.clone());
     let mut domains = DomainTracker::new(hierarchies.clone());
     let decoder = Decoder::new(node.clone());
+    let mut symbols = KernelSymbols::default();
     let mut incidents = Incidents::default();
     let history = Arc::new(History::default());
     let stop_sampler = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -336,7 +339,8 @@ pub async fn trace(
         tokio::select! {
             rec = rx.recv() => match rec {
                 Some(Record::Victim(raw)) => {
-                    let seen = procfs.read(&raw);
+                    let mut seen = procfs.read(&raw);
+                    let user_stack = seen.user_stack.take();
                     let kernel_lost = counters.read().map(|c| c.lost).unwrap_or(0);
                     let lost_now = kernel_lost.saturating_add(stats.queue_lost_kills.load(Relaxed));
                     let cgroup = victim_cgroup(&raw, &seen);
@@ -344,6 +348,7 @@ pub async fn trace(
                     let lost = lost_now.saturating_sub(lost_attached);
                     let mut ev = decoder.decode(&raw, seen, cgroup, domain, lost);
                     lost_attached = lost_now;
+                    ev.oom.charge = tokio::task::block_in_place(|| symbols.charge(&raw, user_stack));
                     history_of(&mut ev, &history);
                     attributor.enrich(&mut ev);
                     let mut details = explain(&ev, hierarchies.as_ref(), budget, &stats).await;

@@ -44,6 +44,8 @@ pub struct Options {
     pub btf: std::path::PathBuf,
     /// Also hook the memcg reclaim slow path for early warnings.
     pub warnings: bool,
+    /// Capture the charging task's stacks at each victim (`oom.charge`).
+    pub charge_stacks: bool,
 }
 
 impl Default for Options {
@@ -54,6 +56,7 @@ impl Default for Options {
             ring_buffer_bytes: 4 << 20,
             btf: VMLINUX_BTF.into(),
             warnings: false,
+            charge_stacks: true,
         }
     }
 }
@@ -274,6 +277,11 @@ impl Tracer {
             .btf(Some(btf))
             .override_global("OFFSETS", offsets, true)
             .override_global("TP_LAYOUT", &layout, true)
+            .override_global(
+                "CONFIG",
+                &oomtrace_common::Config { charge_stacks: opts.charge_stacks.into(), _pad: 0 },
+                true,
+            )
             .map_max_entries("EVENTS", opts.ring_buffer_bytes)
             .map_max_entries("WARNINGS", WARNINGS_RING_BYTES)
             .load(PROGRAMS)

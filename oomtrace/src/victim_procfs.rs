@@ -1,7 +1,8 @@
 //! The first stage after the ring: what procfs still shows of a victim. It runs before any
 //! other because the kernel reaps the victim within milliseconds: its command line and
 //! environment (which name its runtime) and, when the kernel's record carries no cgroup (the
-//! classic tracepoint), its cgroups.
+//! classic tracepoint), its cgroups. The charging task's user stack too: symbolizing it needs
+//! that task's memory map, and the trigger is often the victim itself.
 use crate::cgroup_fs::{self, Hierarchies};
 use crate::record::{dfl_levels, victim_memcg_levels};
 use crate::runtime::Process;
@@ -21,6 +22,8 @@ pub struct Snapshot {
     /// The victim's unified and memory cgroups, read only when the record has neither.
     pub unified: Option<ProcCgroup>,
     pub memory: Option<ProcCgroup>,
+    /// The charging task's user stack (see `charge::user_stack`).
+    pub user_stack: Option<crate::charge::UserStack>,
 }
 
 pub struct Reader {
@@ -36,7 +39,17 @@ impl Reader {
     }
 
     pub fn read(&self, raw: &OomEvent) -> Snapshot {
-        if !self.host_pids || raw.valid & valid::VICTIM_TASK == 0 {
+        if !self.host_pids {
+            return Snapshot::default();
+        }
+        let mut seen = self.victim(raw);
+        // After the victim's command line, which goes first when the trigger is the victim.
+        seen.user_stack = crate::charge::user_stack(raw);
+        seen
+    }
+
+    fn victim(&self, raw: &OomEvent) -> Snapshot {
+        if raw.valid & valid::VICTIM_TASK == 0 {
             return Snapshot::default();
         }
         let tgid = if raw.victim_tgid != 0 { raw.victim_tgid } else { raw.victim_pid };

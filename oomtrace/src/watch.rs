@@ -52,6 +52,9 @@ pub struct HookArgs {
     /// Also report memory cgroups reclaiming at their limit (early warnings before a kill).
     #[arg(long)]
     pub warnings: bool,
+    /// Do not capture the charging task's stacks at a kill (`oom.charge` is then null).
+    #[arg(long)]
+    pub no_charge_stacks: bool,
 }
 
 impl HookArgs {
@@ -62,6 +65,7 @@ impl HookArgs {
             ring_buffer_bytes: self.ring_buffer_bytes,
             btf: self.btf.clone(),
             warnings: self.warnings,
+            charge_stacks: !self.no_charge_stacks,
         }
     }
 }

@@ -230,6 +230,15 @@ pub enum HogKind {
     /// Shared memory (shmem): anonymous, or a memfd's pages (see [`Hog::shm_fd`]), like a
     /// container writing to /dev/shm.
     Shmem,
+    /// Pipe buffers nobody reads.
+    Pipe,
+    /// Unix socket buffers nobody reads.
+    Socket,
+    /// write(2) into a memfd (tmpfs pages charged by the write path).
+    TmpfsWrite,
+    /// Page cache: the file in `OOMTRACE_HOG_FILE` mapped and mlocked (set it with
+    /// `Command::env`).
+    FileMlock,
 }
 
 /// A bounded memory hog: allocates up to `mib` MiB, touching every page, then sleeps
@@ -248,11 +257,15 @@ pub struct Hog {
     /// For `Shmem`: a memfd (not close-on-exec) to grow instead of anonymous shared memory,
     /// so the pages outlive the hog.
     pub shm_fd: Option<i32>,
+    /// Lock its mapped code and libraries in memory first (`mlockall(MCL_CURRENT)`), so that
+    /// reclaim cannot drop them and the charge that invokes the OOM killer is never a page
+    /// fault re-reading its own code.
+    pub lock_code: bool,
 }
 
 impl Hog {
     pub fn anon(mib: u64) -> Self {
-        Self { mib, kind: HogKind::Anon, hold_ms: 0, pid1: false, step_ms: 0, oom_score_adj: None, shm_fd: None }
+        Self { mib, kind: HogKind::Anon, hold_ms: 0, pid1: false, step_ms: 0, oom_score_adj: None, shm_fd: None, lock_code: false }
     }
 
     pub fn command(&self) -> Command {
@@ -261,12 +274,17 @@ impl Hog {
             .arg(match self.kind {
                 HogKind::Anon => "anon",
                 HogKind::Shmem => "shmem",
+                HogKind::Pipe => "pipe",
+                HogKind::Socket => "socket",
+                HogKind::TmpfsWrite => "tmpfs-write",
+                HogKind::FileMlock => "file-mlock",
             })
             .arg(self.hold_ms.to_string())
             .args(self.pid1.then_some("pid1"))
             .env("OOMTRACE_HOG_STEP_MS", self.step_ms.to_string())
             .envs(self.oom_score_adj.map(|a| ("OOMTRACE_HOG_OOM_SCORE_ADJ", a.to_string())))
             .envs(self.shm_fd.map(|fd| ("OOMTRACE_HOG_SHM_FD", fd.to_string())))
+            .envs(self.lock_code.then_some(("OOMTRACE_HOG_MLOCK", "1")))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null());
         c

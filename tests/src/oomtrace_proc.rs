@@ -221,15 +221,38 @@ pub fn kill_in(cg: &crate::cgroup::TestCgroup, w: &Watch, hog: crate::cgroup::Ho
     evs.into_iter().next().unwrap()
 }
 
-/// The verdict's finding: the verdict without the clause the OOM cgroup's trend adds (which
-/// depends on how long the cgroup lived before the kill).
+/// The verdict's finding: the verdict without the clauses that follow it: what the charging
+/// task was doing (`oom.charge`) and how the OOM cgroup's usage moved (which depends on how
+/// long the cgroup lived before the kill).
 pub fn finding(e: &Value) -> &str {
-    let v = e["verdict"].as_str().unwrap_or_else(|| panic!("no verdict: {e:#}"));
+    let v = verdict(e);
     ["; grew steadily ", "; jumped from ", "; sat within "]
         .iter()
         .filter_map(|clause| v.find(clause))
+        .chain(charge_clause(v).map(|r| r.start))
         .min()
         .map_or(v, |at| &v[..at])
+}
+
+/// The verdict without the clause of what the charging task was doing (`oom.charge`), which
+/// names whichever allocation happened to hit the limit.
+pub fn without_charge(e: &Value) -> String {
+    let v = verdict(e);
+    match charge_clause(v) {
+        Some(r) => format!("{}{}", &v[..r.start], &v[r.end..]),
+        None => v.to_owned(),
+    }
+}
+
+fn verdict(e: &Value) -> &str {
+    e["verdict"].as_str().unwrap_or_else(|| panic!("no verdict: {e:#}"))
+}
+
+/// Where the `; … triggered it…` clause stands in a verdict.
+fn charge_clause(v: &str) -> Option<std::ops::Range<usize>> {
+    let start = v[..v.find(" triggered it")?].rfind("; ")?;
+    let end = v[start + 2..].find("; ").map_or(v.len(), |i| start + 2 + i);
+    Some(start..end)
 }
 
 /// `victim.pid == pid`.

@@ -2,7 +2,7 @@
 //! the kernel's own log and counters as the oracle.
 use oomtrace_tests::cgroup::{Hog, HogKind, TestCgroup, Version};
 use oomtrace_tests::kmsg::Kmsg;
-use oomtrace_tests::oomtrace_proc::{in_cgroup, victim_is, Watch};
+use oomtrace_tests::oomtrace_proc::{finding, in_cgroup, victim_is, Watch};
 use oomtrace_tests::require_root_and_btf;
 use serde_json::Value;
 use std::os::unix::process::ExitStatusExt;
@@ -86,6 +86,7 @@ fn one_kill_with(w: Watch, kind: HogKind) -> Value {
     let (ours, theirs) = match kind {
         HogKind::Anon => (e["victim"]["rss_anon_bytes"].as_u64().unwrap(), k.anon_rss_kb * 1024),
         HogKind::Shmem => (e["victim"]["rss_shmem_bytes"].as_u64().unwrap(), k.shmem_rss_kb * 1024),
+        other => panic!("{other:?} grows no RSS of its own"),
     };
     assert!(theirs > 32 * MIB, "kernel reported only {theirs} bytes");
     assert!(within(ours, theirs, 5.0), "rss {ours} vs kernel {theirs}: {e:#}");
@@ -284,4 +285,18 @@ fn node_wide_oom_is_global() {
     if let Some(o) = kmsg.oom_kill_lines().into_iter().find(|o| o.pid == pid) {
         assert_eq!(o.constraint, "CONSTRAINT_NONE");
     }
+    // The OOM killer weighed every process of the node: the victim first, by its adj, then
+    // the node's other processes, none of them a kernel thread (no memory to weigh).
+    let c = e["oom"]["candidates"].as_array().expect("node-wide candidates");
+    assert!(c.len() >= 2, "the node's other processes are listed: {c:#?}");
+    assert_eq!(c[0]["victim"], true, "{c:#?}");
+    assert_eq!(c[0]["pid"], pid);
+    assert_eq!(c[0]["oom_score_adj"], 1000);
+    assert!(c[0]["points"].as_i64().is_some_and(|p| p > 0), "the node's size is known: {c:#?}");
+    for other in &c[1..] {
+        assert!(other["footprint_bytes"].as_u64().is_some_and(|f| f > 0), "no kernel thread: {other:#}");
+        assert_ne!(other["pid"], 1, "global init is never weighed");
+    }
+    // Any task may have charged the page that ran the node out; that clause is left out.
+    assert_eq!(finding(e), "node out of memory; oomtrace-hog was the largest task", "{e:#}");
 }

@@ -314,7 +314,7 @@ fn assert_gomemlimit_above_the_limit(e: &Value) {
     );
     assert_eq!(rt["setting"], "GOMEMLIMIT=1GiB");
     assert_eq!(
-        finding(&e),
+        finding(e),
         "GOMEMLIMIT 1.0GiB (GOMEMLIMIT=1GiB) is not below the container limit 256.0MiB: the kernel kills before the runtime must collect: lower GOMEMLIMIT below the limit, leaving room for memory the Go runtime does not manage, or raise the limit above 1.0GiB"
     );
     let r = &e["oom"]["recommendation"];

@@ -1,11 +1,16 @@
-//! A bounded memory hog for OOM tests: `oomtrace-hog <MiB> <anon|shmem> <hold_ms> [pid1]`.
+//! A bounded memory hog for OOM tests: `oomtrace-hog <MiB> <kind> <hold_ms> [pid1]`.
 //! Grows by 1 MiB steps, touching every page so it is really charged, then holds what it has
 //! for `hold_ms` and exits 0 if nothing killed it. With `pid1` it first enters a new pid
 //! namespace and grows as its PID 1, like a container's main process; the outer process
 //! dies the way the inner one did. `OOMTRACE_HOG_COMM` renames it (prctl PR_SET_NAME) first;
 //! `OOMTRACE_HOG_STEP_MS` pauses after each MiB (a slow leak); `OOMTRACE_HOG_OOM_SCORE_ADJ`
-//! sets its `oom_score_adj` first; `OOMTRACE_HOG_SHM_FD` backs `shmem` with that inherited
+//! sets its `oom_score_adj` first; `OOMTRACE_HOG_MLOCK` locks its code in memory first; `OOMTRACE_HOG_SHM_FD` backs `shmem` with that inherited
 //! memfd, whose pages then stay charged after the hog dies, as a file in /dev/shm does.
+//!
+//! Kinds other than `anon` and `shmem` charge memory no page fault of the hog's makes, so
+//! each OOM is triggered from that kernel path: `pipe` (pipe buffers nobody reads), `socket`
+//! (unix socket buffers nobody reads), `tmpfs-write` (write(2) into a memfd) and
+//! `file-mlock` (page cache: mlocks a mapping of the file `OOMTRACE_HOG_FILE`, uncached first).
 use std::io::Write;
 
 fn main() {
@@ -19,6 +24,10 @@ fn main() {
         // SAFETY: PR_SET_NAME reads a NUL-terminated string of up to 16 bytes.
         unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
     }
+    if std::env::var_os("OOMTRACE_HOG_MLOCK").is_some() {
+        // SAFETY: plain syscall; locks what is mapped now (code, libraries), not what grows.
+        check(unsafe { libc::mlockall(libc::MCL_CURRENT) }, "mlockall");
+    }
     if let Ok(adj) = std::env::var("OOMTRACE_HOG_OOM_SCORE_ADJ") {
         std::fs::write("/proc/self/oom_score_adj", adj).expect("setting oom_score_adj");
     }
@@ -28,6 +37,19 @@ fn main() {
     let step_ms: u64 = std::env::var("OOMTRACE_HOG_STEP_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     let shm_fd: Option<i32> = std::env::var("OOMTRACE_HOG_SHM_FD").ok().and_then(|v| v.parse().ok()).filter(|_| kind == "shmem");
     const MIB: usize = 1 << 20;
+    let other: Option<fn(usize)> = match kind {
+        "pipe" => Some(pipes),
+        "socket" => Some(sockets),
+        "tmpfs-write" => Some(tmpfs_write),
+        "file-mlock" => Some(file_mlock),
+        _ => None,
+    };
+    if let Some(grow) = other {
+        grow(mib);
+        let _ = writeln!(std::io::stdout(), "survived {kind}");
+        std::thread::sleep(std::time::Duration::from_millis(hold_ms));
+        return;
+    }
     let mut keep: Vec<*mut u8> = Vec::with_capacity(mib);
     for i in 0..mib {
         let (flags, fd, offset) = match (kind, shm_fd) {
@@ -60,6 +82,83 @@ fn main() {
     }
     let _ = writeln!(std::io::stdout(), "survived with {mib} MiB");
     std::thread::sleep(std::time::Duration::from_millis(hold_ms));
+}
+
+fn check(r: libc::c_int, what: &str) -> libc::c_int {
+    if r < 0 {
+        eprintln!("{what}: {}", std::io::Error::last_os_error());
+        std::process::exit(2);
+    }
+    r
+}
+
+/// Fills 1 MiB pipe buffers that nobody reads (kernel memory charged to the cgroup).
+fn pipes(mib: usize) {
+    let chunk = vec![0xa5u8; 1 << 20];
+    for _ in 0..mib {
+        let mut fds = [0; 2];
+        // SAFETY: plain syscalls on fds this process owns; never closed, so the buffers stay.
+        unsafe {
+            check(libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK), "pipe2");
+            check(libc::fcntl(fds[1], libc::F_SETPIPE_SZ, 1 << 20), "F_SETPIPE_SZ");
+            libc::write(fds[1], chunk.as_ptr().cast(), chunk.len());
+        }
+    }
+}
+
+/// Fills unix stream sockets' send buffers that nobody reads.
+fn sockets(mib: usize) {
+    let chunk = vec![0xa5u8; 64 << 10];
+    let mut sent = 0usize;
+    while sent < mib << 20 {
+        let mut fds = [0; 2];
+        // SAFETY: plain syscalls on fds this process owns; never closed, so the buffers stay.
+        unsafe {
+            check(libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0, fds.as_mut_ptr()), "socketpair");
+            let size: libc::c_int = 4 << 20;
+            // SO_SNDBUFFORCE (root) past wmem_max, so fewer fds hold the memory.
+            libc::setsockopt(fds[0], libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, (&raw const size).cast(), 4);
+            loop {
+                let n = libc::write(fds[0], chunk.as_ptr().cast(), chunk.len());
+                if n <= 0 {
+                    break;
+                }
+                sent += n as usize;
+            }
+        }
+    }
+}
+
+/// write(2)s into a memfd: tmpfs pages charged by the write path, not by a fault.
+fn tmpfs_write(mib: usize) {
+    let chunk = vec![0xa5u8; 1 << 20];
+    // SAFETY: plain syscalls on an fd this process owns.
+    unsafe {
+        let fd = check(libc::memfd_create(c"oomtrace-hog".as_ptr(), 0), "memfd_create");
+        for _ in 0..mib {
+            check(libc::write(fd, chunk.as_ptr().cast(), chunk.len()) as libc::c_int, "write");
+        }
+    }
+}
+
+/// Page cache that reclaim cannot take back: the whole file mapped and mlocked, its pages
+/// dropped from the cache first so that this process charges them.
+fn file_mlock(_mib: usize) {
+    let path = std::env::var("OOMTRACE_HOG_FILE").expect("OOMTRACE_HOG_FILE");
+    let f = std::fs::File::open(&path).expect("the file");
+    let len = f.metadata().expect("metadata").len() as usize;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+    // SAFETY: plain syscalls; the mapping is never unmapped (the process holds it until it dies).
+    unsafe {
+        // Dirty pages are not dropped: written back first.
+        check(libc::fdatasync(fd), "fdatasync");
+        check(libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED), "posix_fadvise");
+        let p = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, fd, 0);
+        if p == libc::MAP_FAILED {
+            check(-1, "mmap");
+        }
+        check(libc::mlock(p, len), "mlock");
+    }
 }
 
 /// Continues as PID 1 of a new pid namespace; this process waits and mirrors its fate.

@@ -1,0 +1,148 @@
+//! The allocation site (`oom.charge`): real kills triggered from each kernel path the kernel
+//! here produces, read back from the charging task's captured stacks.
+//!
+//! Not produced here, so not tested: a page-cache *write* OOM (dirty pages are written back
+//! and reclaimed rather than OOM-killed for), a THP fault OOM (the fault falls back to small
+//! pages when the huge charge fails) and a slab OOM from dentries (reclaimable).
+use oomtrace_tests::cgroup::{Hog, HogKind, TestCgroup};
+use oomtrace_tests::oomtrace_proc::{in_cgroup, kill_in, Watch};
+use oomtrace_tests::require_root_and_btf;
+use serde_json::Value;
+use std::os::unix::process::ExitStatusExt;
+use std::time::Duration;
+
+const MIB: u64 = 1 << 20;
+
+fn charge(e: &Value) -> &Value {
+    let c = &e["oom"]["charge"];
+    assert!(c.is_object(), "no oom.charge: {e:#}");
+    c
+}
+
+fn stack(e: &Value) -> Vec<&str> {
+    charge(e)["stack"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect()
+}
+
+/// Kills the only process of a fresh 32 MiB cgroup, grown the `kind` way; its event. Its code
+/// is locked in memory: reclaim could otherwise drop it, and a fault re-reading it (a
+/// page-cache charge) be the one that invokes the OOM killer.
+fn kill_by(w: &Watch, name: &str, kind: HogKind) -> Value {
+    let cg = TestCgroup::new(name).unwrap();
+    cg.set_limit(32 * MIB).unwrap();
+    kill_in(&cg, w, Hog { kind, lock_code: true, ..Hog::anon(256) })
+}
+
+#[test]
+fn each_kernel_path_is_named_with_its_stack() {
+    require_root_and_btf();
+    let w = Watch::start(&[]);
+    // (hog kind, charge kind, functions one of which the stack must hold, the verdict's clause)
+    let cases: [(HogKind, &str, &[&str], &str); 4] = [
+        (HogKind::Shmem, "shmem", &["shmem_fault"], "a tmpfs/shared-memory page of oomtrace-hog triggered it"),
+        (HogKind::TmpfsWrite, "shmem", &["shmem_file_write_iter"], "a tmpfs/shared-memory page of oomtrace-hog triggered it"),
+        // Filling a pipe, making one, or growing it to 1 MiB (F_SETPIPE_SZ allocates its ring).
+        (HogKind::Pipe, "pipe", &["pipe_write", "pipe_resize_ring", "alloc_pipe_info", "create_pipe_files"], "pipe buffers of oomtrace-hog triggered it: pipe buffers count toward the limit"),
+        (HogKind::Socket, "socket", &["unix_stream_sendmsg", "__sys_socketpair"], "socket buffers of oomtrace-hog triggered it"),
+    ];
+    for (hog, kind, functions, clause) in cases {
+        let e = kill_by(&w, &format!("oomtrace-charge-{kind}"), hog);
+        let c = charge(&e);
+        let s = stack(&e);
+        // One page in 512 a fault maps is a page table's, charged as kernel memory before
+        // the data page: when that one hits the limit, it is named for what it is.
+        if s.contains(&"__pte_alloc") {
+            assert_eq!(c["kind"], "slab", "{hog:?}: a page table: {c:#}");
+            continue;
+        }
+        assert_eq!(c["kind"], kind, "{hog:?}: {c:#}");
+        // `pipe_write` is `anon_pipe_write` from 6.16 on.
+        assert!(s.iter().any(|f| functions.iter().any(|g| f.ends_with(g))), "{hog:?}: none of {functions:?} in {s:?}");
+        assert!(!s.iter().any(|f| f.contains("oom_kill") || f.starts_with("bpf_")), "the OOM killer's frames are cut: {s:?}");
+        assert!(s.len() <= 12);
+        let v = e["verdict"].as_str().unwrap();
+        assert!(v.contains(clause), "{hog:?}: {v}");
+        assert_eq!(e["trigger"]["tgid"], e["victim"]["tgid"], "the hog charged and was killed: {e:#}");
+    }
+}
+
+/// A surviving trigger: the kill of a big resident answered a small process's page fault, whose
+/// user stack is still there to be symbolized (the test binaries keep their symbols).
+#[test]
+fn anonymous_fault_of_another_task_names_it_and_its_user_stack() {
+    require_root_and_btf();
+    let w = Watch::start(&[]);
+    let cg = TestCgroup::new("oomtrace-charge-anon").unwrap();
+    cg.set_limit(48 * MIB).unwrap();
+    let mut resident = cg.spawn_hog(&Hog { hold_ms: 60_000, ..Hog::anon(36) }).unwrap();
+    cg.wait_for_usage(36 * MIB);
+    // It holds what it grew until the test has read the kill, so its memory map outlives
+    // the daemon's read however slow the machine.
+    let mut grower = Hog { hold_ms: 120_000, lock_code: true, ..Hog::anon(20) }.command();
+    grower.env("OOMTRACE_HOG_COMM", "grower");
+    let mut grower = cg.spawn(&mut grower).unwrap();
+    let grower_pid = grower.id();
+    assert_eq!(resident.wait().unwrap().signal(), Some(libc::SIGKILL));
+    let e = w.collect(1, Duration::from_secs(30), in_cgroup(cg.rel.clone())).pop().expect("the kill");
+    assert!(grower.try_wait().unwrap().is_none(), "the trigger survives the kill of the resident");
+    let _ = grower.kill();
+    let _ = grower.wait();
+    assert_eq!((&e["trigger"]["comm"], &e["trigger"]["tgid"]), (&"grower".into(), &grower_pid.into()), "{e:#}");
+    let c = charge(&e);
+    assert_eq!(c["kind"], "anon_fault", "{c:#}");
+    assert!(stack(&e).contains(&"do_anonymous_page"), "{c:#}");
+    let user = c["user_stack"].as_array().unwrap_or_else(|| panic!("no user stack: {c:#}"));
+    assert!(user[0].as_str().unwrap().contains("oomtrace_hog"), "the faulting instruction is in the hog's own code: {c:#}");
+    let v = e["verdict"].as_str().unwrap();
+    assert!(v.contains(&format!("an anonymous-memory page fault by grower (pid {grower_pid}) triggered it")), "{v}");
+}
+
+/// Page cache that reclaim cannot take: a file mapped and mlocked by the hog. Needs a disk
+/// file system (tmpfs pages are shmem, charged to whoever wrote them).
+#[test]
+fn page_cache_read_is_named() {
+    require_root_and_btf();
+    let dir = std::env::var_os("OOMTRACE_VM_RESULTS").map_or_else(std::env::temp_dir, Into::into);
+    // SAFETY: statfs on a NUL-terminated path into a zeroed struct.
+    let fs_type = unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(libc::statfs(path.as_ptr(), &mut st), 0);
+        st.f_type
+    };
+    if fs_type == libc::TMPFS_MAGIC {
+        eprintln!("SKIP: {} is tmpfs; a page-cache charge needs a file on a disk file system", dir.display());
+        return;
+    }
+    let file = dir.join(format!("oomtrace-charge-file-{}", std::process::id()));
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&file).unwrap();
+        f.write_all(&vec![0x5au8; 64 << 20]).unwrap();
+        f.sync_all().unwrap();
+    }
+    let w = Watch::start(&[]);
+    let cg = TestCgroup::new("oomtrace-charge-file").unwrap();
+    cg.set_limit(32 * MIB).unwrap();
+    let mut hog = Hog { kind: HogKind::FileMlock, lock_code: true, ..Hog::anon(0) }.command();
+    hog.env("OOMTRACE_HOG_FILE", &file);
+    let status = cg.spawn(&mut hog).unwrap().wait().unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    let e = w.collect(1, Duration::from_secs(30), in_cgroup(cg.rel.clone())).pop().expect("the kill");
+    let c = charge(&e);
+    assert_eq!(c["kind"], "page_cache", "{c:#}");
+    assert_eq!(c["write"], false, "{c:#}");
+    assert!(stack(&e).iter().any(|f| f.contains("filemap") || f.starts_with("page_cache_")), "{c:#}");
+    let v = e["verdict"].as_str().unwrap();
+    assert!(v.contains("a page-cache read by oomtrace-hog triggered it: the cgroup's page cache counts toward its limit"), "{v}");
+}
+
+#[test]
+fn no_charge_stacks_leaves_charge_null() {
+    require_root_and_btf();
+    let w = Watch::start(&["--no-charge-stacks"]);
+    let cg = TestCgroup::new("oomtrace-charge-off").unwrap();
+    cg.set_limit(32 * MIB).unwrap();
+    let e = kill_in(&cg, &w, Hog::anon(256));
+    assert!(e["oom"]["charge"].is_null(), "{e:#}");
+}
