@@ -194,14 +194,20 @@ fn allocation_frames<'a, 'b>(names: &'b [&'a str]) -> &'b [&'a str] {
 
 /// Without CAP_SYSLOG (and `kptr_restrict` ≥ 1, or `perf_event_paranoid` ≥ 2) kallsyms shows
 /// every address as 0: say so rather than name the wrong functions.
-fn kallsyms_readable() -> Result<(), String> {
+pub fn kallsyms_readable() -> Result<(), String> {
     use std::io::BufRead;
     let f = std::fs::File::open("/proc/kallsyms").map_err(|e| format!("/proc/kallsyms: {e}"))?;
     let mut line = String::new();
     std::io::BufReader::new(f).read_line(&mut line).map_err(|e| format!("/proc/kallsyms: {e}"))?;
     let addr = line.split_whitespace().next().and_then(|a| u64::from_str_radix(a, 16).ok());
     match addr {
-        Some(0) | None => Err("kernel addresses are hidden in /proc/kallsyms: the daemon needs CAP_SYSLOG to name kernel functions".into()),
+        Some(0) | None => {
+            let restrict = std::fs::read_to_string("/proc/sys/kernel/kptr_restrict").unwrap_or_default();
+            Err(format!(
+                "kernel addresses are hidden in /proc/kallsyms (kernel.kptr_restrict={}): naming kernel functions needs CAP_SYSLOG, and kptr_restrict below 2",
+                restrict.trim()
+            ))
+        }
         Some(_) => Ok(()),
     }
 }

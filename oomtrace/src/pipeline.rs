@@ -321,6 +321,11 @@ pub async fn trace(
     let history = Arc::new(History::default());
     let stop_sampler = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = hierarchies.as_ref().and_then(|h| history_sampler::spawn(h, history.clone(), stop_sampler.clone()));
+    if tracer.charge_stacks {
+        if let Err(why) = crate::charge::kallsyms_readable() {
+            tracing::warn!("{why}: oom.charge will name no kernel function (--no-charge-stacks turns the capture off)");
+        }
+    }
     sink.attached(&tracer.strategy);
     eprintln!("watching for OOM kills (strategy: {})", tracer.strategy);
 

@@ -95,6 +95,8 @@ pub struct Tracer {
     warnings: AsyncFd<RingBuf<MapData>>,
     /// Human-readable description of the hooks in use.
     pub strategy: String,
+    /// The charging task's stacks are captured at each victim.
+    pub charge_stacks: bool,
     /// Records of unknown kind or too short to decode (a program/daemon mismatch; counted,
     /// never silent).
     pub malformed: u64,
@@ -323,6 +325,7 @@ impl Tracer {
             ring: unsafe { AsyncFd::register(ring)? },
             warnings: unsafe { AsyncFd::register(warnings)? },
             strategy: parts.join(" + "),
+            charge_stacks: opts.charge_stacks,
             malformed: 0,
             ebpf: Some(ebpf),
         };

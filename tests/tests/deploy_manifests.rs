@@ -394,7 +394,8 @@ fn the_cluster_role_is_bound_to_the_daemons_service_account() {
 
 /// Runs the real `oomtrace watch` as root bounded to exactly `caps` (the container's view
 /// after exec): `Ok` once it has attached, else its error.
-fn attaches_with(caps: &BTreeSet<String>) -> Result<(), String> {
+/// Whether `oomtrace watch` attaches with only `caps`: what it said before it did, or why not.
+fn attaches_with(caps: &BTreeSet<String>) -> Result<String, String> {
     use std::io::BufRead;
     let bounding: String = std::iter::once("-all".to_string())
         .chain(caps.iter().map(|c| format!("+{}", c.to_lowercase())))
@@ -415,7 +416,7 @@ fn attaches_with(caps: &BTreeSet<String>) -> Result<(), String> {
         if line.contains("watching for OOM kills") {
             let _ = child.kill();
             let _ = child.wait();
-            return Ok(());
+            return Ok(stderr);
         }
         stderr.push_str(&line);
         stderr.push('\n');
@@ -487,10 +488,23 @@ fn the_daemonset_adds_exactly_the_capabilities_the_daemon_needs() {
             _paranoid = Some(p);
         }
     }
-    attaches_with(&needed).unwrap_or_else(|e| panic!("with {needed:?} only, oomtrace does not attach:\n{e}"));
+    let said = attaches_with(&needed).unwrap_or_else(|e| panic!("with {needed:?} only, oomtrace does not attach:\n{e}"));
+    let sysctl = |name: &str| std::fs::read_to_string(format!("/proc/sys/kernel/{name}")).ok().and_then(|v| v.trim().parse::<i32>().ok());
+    let kptr_restrict = sysctl("kptr_restrict").unwrap_or(1);
+    // At kptr_restrict 2 no capability shows kernel addresses.
+    let named = kptr_restrict < 2;
+    assert_eq!(!said.contains("CAP_SYSLOG"), named, "with every added capability:\n{said}");
     for cap in &needed {
         let mut fewer = needed.clone();
         fewer.remove(cap);
+        // SYSLOG only names kernel functions: without it the daemon runs and says what it lacks,
+        // where the node hides kernel addresses from the unprivileged.
+        if cap == "SYSLOG" {
+            let said = attaches_with(&fewer).unwrap_or_else(|e| panic!("without SYSLOG oomtrace does not attach:\n{e}"));
+            let hidden = kptr_restrict >= 1 || sysctl("perf_event_paranoid").unwrap_or(2) > 1;
+            assert_eq!(said.contains("naming kernel functions needs CAP_SYSLOG"), hidden, "without SYSLOG:\n{said}");
+            continue;
+        }
         let err = attaches_with(&fewer).expect_err(&format!("{cap} is added but not needed"));
         // SYS_RESOURCE is not checked up front (later kernels do without it): its absence
         // shows as the memlock limit the kernel then enforces.
