@@ -11,7 +11,7 @@ RUN apt-get update -qq \
  && apt-get install -y -qq --no-install-recommends musl-tools \
  && cargo xtask setup \
  && rm -rf /var/lib/apt/lists/*
-RUN cargo build --release --locked -p oomtrace --target x86_64-unknown-linux-musl \
+RUN CARGO_PROFILE_RELEASE_STRIP=symbols cargo build --release --locked -p oomtrace --target x86_64-unknown-linux-musl \
  && cp target/x86_64-unknown-linux-musl/release/oomtrace /oomtrace
 
 # runtime: the one static binary and nothing else (no shell, no package manager). `cargo xtask

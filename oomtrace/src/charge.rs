@@ -69,6 +69,10 @@ pub fn classify(frames: &[&str]) -> ChargeKind {
         ChargeKind::PageCache
     } else if any(&|f| f.contains("kmem") || f.contains("kmalloc") || f.contains("slab") || f.starts_with("obj_cgroup_charge")) {
         ChargeKind::Slab
+    } else if any(&|f| matches!(f, "mem_cgroup_charge" | "__mem_cgroup_charge")) && any(&|f| f == "handle_mm_fault") {
+        // A user page charged straight from the fault path, with no file or shmem frame between:
+        // an anonymous fault whose `do_anonymous_page` the compiler inlined (5.10).
+        ChargeKind::AnonFault
     } else {
         ChargeKind::Other
     }
@@ -197,10 +201,7 @@ fn allocation_frames<'a, 'b>(names: &'b [&'a str]) -> &'b [&'a str] {
 pub fn kallsyms_readable() -> Result<(), String> {
     use std::io::BufRead;
     let f = std::fs::File::open("/proc/kallsyms").map_err(|e| format!("/proc/kallsyms: {e}"))?;
-    let mut line = String::new();
-    std::io::BufReader::new(f).read_line(&mut line).map_err(|e| format!("/proc/kallsyms: {e}"))?;
-    let addr = line.split_whitespace().next().and_then(|a| u64::from_str_radix(a, 16).ok());
-    match addr {
+    match first_function_address(std::io::BufReader::new(f).lines().map_while(Result::ok)) {
         Some(0) | None => {
             let restrict = std::fs::read_to_string("/proc/sys/kernel/kptr_restrict").unwrap_or_default();
             Err(format!(
@@ -210,6 +211,17 @@ pub fn kallsyms_readable() -> Result<(), String> {
         }
         Some(_) => Ok(()),
     }
+}
+
+/// The address of the first function (`T`/`t`) in kallsyms lines. Not the first line's: on
+/// kernels before 6.15 the table opens with per-CPU symbols (`A`) at 0, however privileged the
+/// reader.
+fn first_function_address(lines: impl Iterator<Item = String>) -> Option<u64> {
+    lines.take(100_000).find_map(|l| {
+        let mut it = l.split_whitespace();
+        let (addr, kind) = (it.next()?, it.next()?);
+        matches!(kind, "T" | "t").then(|| u64::from_str_radix(addr, 16).ok()).flatten()
+    })
 }
 
 /// The verdict's clause for the charge: what the triggering task was doing. A victim's own
@@ -259,6 +271,10 @@ mod tests {
         assert_eq!(case(&["__mem_cgroup_charge", "vma_alloc_anon_folio_pmd", "do_huge_pmd_anonymous_page", "__handle_mm_fault"]).0, ChargeKind::Thp);
         assert_eq!(case(&["obj_cgroup_charge", "__memcg_slab_post_alloc_hook", "kmem_cache_alloc_noprof", "d_alloc", "lookup_open"]).0, ChargeKind::Slab);
         assert_eq!(case(&["__mem_cgroup_charge", "something_new"]).0, ChargeKind::Other);
+        // 5.10: do_anonymous_page inlined into the fault path; a page table is kernel memory.
+        assert_eq!(case(&["mem_cgroup_charge", "handle_mm_fault", "do_user_addr_fault", "exc_page_fault"]).0, ChargeKind::AnonFault);
+        assert_eq!(case(&["__memcg_kmem_charge_page", "pte_alloc_one", "__pte_alloc", "handle_mm_fault", "exc_page_fault"]).0, ChargeKind::Slab);
+        assert_eq!(case(&["mem_cgroup_charge", "shmem_add_to_page_cache", "shmem_getpage_gfp", "shmem_fault", "__do_fault", "handle_mm_fault"]).0, ChargeKind::Shmem);
     }
 
     #[test]
@@ -274,6 +290,16 @@ mod tests {
         assert!(phrase(&c(ChargeKind::AnonFault, None), "dd", false, "pod").unwrap().contains("by dd"));
         let unknown = Charge { kind: None, ..c(ChargeKind::Other, None) };
         assert_eq!(phrase(&unknown, "x", false, "pod"), None);
+    }
+
+    #[test]
+    fn kallsyms_is_judged_by_its_functions_not_its_per_cpu_symbols() {
+        let lines = |t: &str| t.lines().map(str::to_owned).collect::<Vec<_>>().into_iter();
+        let v6_12 = "0000000000000000 A fixed_percpu_data\n0000000000000000 A __per_cpu_start\nffffffff81000000 T _stext\n";
+        assert_eq!(first_function_address(lines(v6_12)), Some(0xffffffff81000000));
+        let hidden = "0000000000000000 A fixed_percpu_data\n0000000000000000 T _stext\n";
+        assert_eq!(first_function_address(lines(hidden)), Some(0));
+        assert_eq!(first_function_address(lines("")), None);
     }
 
     /// Real kallsyms here: this function's own kernel neighbours resolve by name.

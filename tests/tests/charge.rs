@@ -39,7 +39,7 @@ fn each_kernel_path_is_named_with_its_stack() {
     // (hog kind, charge kind, functions one of which the stack must hold, the verdict's clause)
     let cases: [(HogKind, &str, &[&str], &str); 4] = [
         (HogKind::Shmem, "shmem", &["shmem_fault"], "a tmpfs/shared-memory page of oomtrace-hog triggered it"),
-        (HogKind::TmpfsWrite, "shmem", &["shmem_file_write_iter"], "a tmpfs/shared-memory page of oomtrace-hog triggered it"),
+        (HogKind::TmpfsWrite, "shmem", &["shmem_write_begin"], "a tmpfs/shared-memory page of oomtrace-hog triggered it"),
         // Filling a pipe, making one, or growing it to 1 MiB (F_SETPIPE_SZ allocates its ring).
         (HogKind::Pipe, "pipe", &["pipe_write", "pipe_resize_ring", "alloc_pipe_info", "create_pipe_files"], "pipe buffers of oomtrace-hog triggered it: pipe buffers count toward the limit"),
         (HogKind::Socket, "socket", &["unix_stream_sendmsg", "__sys_socketpair"], "socket buffers of oomtrace-hog triggered it"),
@@ -89,7 +89,8 @@ fn anonymous_fault_of_another_task_names_it_and_its_user_stack() {
     assert_eq!((&e["trigger"]["comm"], &e["trigger"]["tgid"]), (&"grower".into(), &grower_pid.into()), "{e:#}");
     let c = charge(&e);
     assert_eq!(c["kind"], "anon_fault", "{c:#}");
-    assert!(stack(&e).contains(&"do_anonymous_page"), "{c:#}");
+    // 5.10 inlines do_anonymous_page into the fault path.
+    assert!(stack(&e).iter().any(|f| *f == "do_anonymous_page" || *f == "handle_mm_fault"), "{c:#}");
     let user = c["user_stack"].as_array().unwrap_or_else(|| panic!("no user stack: {c:#}"));
     assert!(user[0].as_str().unwrap().contains("oomtrace_hog"), "the faulting instruction is in the hog's own code: {c:#}");
     let v = e["verdict"].as_str().unwrap();
