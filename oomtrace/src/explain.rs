@@ -76,6 +76,17 @@ pub struct Budget {
     pub time: std::time::Duration,
 }
 
+impl Budget {
+    /// A node-wide OOM's: the whole node's tasks are its candidates, and such OOMs are rare, so
+    /// it gets a second.
+    pub fn for_kill(self, ev: &OomKill) -> Self {
+        match ev.oom.constraint {
+            Some(Constraint::Global) => Self { time: self.time.max(std::time::Duration::from_secs(1)), ..self },
+            _ => self,
+        }
+    }
+}
+
 impl Default for Budget {
     fn default() -> Self {
         Self {
@@ -196,6 +207,7 @@ pub fn gather(
     tasks.truncate(TOP_TASKS);
     x.tasks = tasks;
     x.details_after_ms = killed_at.elapsed().ok().map(|d| d.as_secs_f64() * 1000.0);
+    x.partial = walk.cut;
     Some((x, walk.cut))
 }
 
@@ -301,6 +313,7 @@ pub fn judge(ev: &OomKill, x: Option<&Explanation>) -> (String, Option<Recommend
 /// (an `oom_score_adj` can pick a smaller one; [`crate::candidates::surprise`] then says why).
 fn node_wide(comm: &str, x: Option<&Explanation>) -> String {
     let largest = x
+        .filter(|x| !x.partial)
         .map(|x| &x.candidates)
         .and_then(|c| c.iter().find(|c| c.victim).map(|v| c.iter().all(|o| o.footprint_bytes <= v.footprint_bytes)));
     match largest {
@@ -434,6 +447,8 @@ mod tests {
         };
         assert_eq!(verdict(&global, Some(&node(500, 20))), "node out of memory; python3 was the largest task");
         assert_eq!(verdict(&global, Some(&node(20, 500))), "node out of memory; the OOM killer chose python3");
+        let partial = Explanation { partial: true, ..node(500, 20) };
+        assert_eq!(verdict(&global, Some(&partial)), "node out of memory; the OOM killer chose python3", "not all was read");
     }
 
     /// A memcg kill of `comm` holding `rss_mib`, under `limit_mib`, whose process was this.

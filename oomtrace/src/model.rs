@@ -534,6 +534,10 @@ pub struct Explanation {
     pub details_source: Option<DetailsSource>,
     /// How long after the kill the details were read.
     pub details_after_ms: Option<f64>,
+    /// The budget ran out before every task was read: the lists are partial, so nothing is
+    /// claimed of what was not read.
+    #[serde(skip)]
+    pub partial: bool,
 }
 
 /// The OOM incident a victim belongs to.

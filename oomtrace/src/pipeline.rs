@@ -266,16 +266,26 @@ async fn explain(
     stats: &Stats,
 ) -> Option<crate::model::Explanation> {
     let h = h?.clone();
+    let budget = budget.for_kill(ev);
     let snapshot = ev.clone();
     let killed_at = ev.killed_at().unwrap_or_else(std::time::SystemTime::now);
     let job = tokio::task::spawn_blocking(move || {
         crate::explain::gather(&snapshot, &h, killed_at, budget)
     });
     // The walk stops itself at the budget; the margin is for one blocking read that hangs.
+    let node_wide = ev.oom.constraint == Some(crate::model::Constraint::Global);
+    // Node-wide OOMs are rare: each one whose candidates are partial is said (memcg overruns
+    // can come in storms, and are counted only).
+    let overran = || {
+        stats.explain_overruns.fetch_add(1, Relaxed);
+        if node_wide {
+            tracing::warn!("node-wide OOM (victim pid {:?}): the node's tasks were read only in part within {:?}", ev.victim.pid, budget.time);
+        }
+    };
     match tokio::time::timeout(budget.time * 2, job).await {
         Ok(Ok(Some((x, cut)))) => {
             if cut {
-                stats.explain_overruns.fetch_add(1, Relaxed);
+                overran();
             }
             Some(x)
         }
@@ -285,11 +295,12 @@ async fn explain(
             None
         }
         Err(_) => {
-            stats.explain_overruns.fetch_add(1, Relaxed);
+            overran();
             let victim: Vec<_> = crate::candidates::victim(ev).into_iter().collect();
             Some(crate::model::Explanation {
                 tasks: crate::explain::victim_task(ev).into_iter().collect(),
                 candidates: crate::candidates::of(ev, &victim),
+                partial: true,
                 ..Default::default()
             })
         }

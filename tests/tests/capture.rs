@@ -286,9 +286,17 @@ fn node_wide_oom_is_global() {
         assert_eq!(o.constraint, "CONSTRAINT_NONE");
     }
     // The OOM killer weighed every process of the node: the victim first, by its adj, then
-    // the node's other processes, none of them a kernel thread (no memory to weigh).
+    // the node's other processes, none of them a kernel thread (no memory to weigh). A guest
+    // still reaping gigabytes under emulation may leave too little time to read them: then the
+    // daemon must say so, and claim nothing of the tasks it did not read.
     let c = e["oom"]["candidates"].as_array().expect("node-wide candidates");
-    assert!(c.len() >= 2, "the node's other processes are listed: {c:#?}");
+    let (_, _, stderr) = w.stop_and_drain();
+    if stderr.contains("the node's tasks were read only in part") {
+        assert_eq!(finding(e), "node out of memory; the OOM killer chose oomtrace-hog", "{e:#}");
+    } else {
+        assert!(c.len() >= 2, "the node's other processes are listed: {c:#?}");
+        assert_eq!(finding(e), "node out of memory; oomtrace-hog was the largest task", "{e:#}");
+    }
     assert_eq!(c[0]["victim"], true, "{c:#?}");
     assert_eq!(c[0]["pid"], pid);
     assert_eq!(c[0]["oom_score_adj"], 1000);
@@ -297,6 +305,4 @@ fn node_wide_oom_is_global() {
         assert!(other["footprint_bytes"].as_u64().is_some_and(|f| f > 0), "no kernel thread: {other:#}");
         assert_ne!(other["pid"], 1, "global init is never weighed");
     }
-    // Any task may have charged the page that ran the node out; that clause is left out.
-    assert_eq!(finding(e), "node out of memory; oomtrace-hog was the largest task", "{e:#}");
 }
