@@ -96,7 +96,7 @@ pub fn user_stack(raw: &OomEvent) -> Option<UserStack> {
     src.debug_syms = false;
     // /proc/<pid>/map_files needs CAP_SYS_ADMIN; the mapped files' paths do without.
     src.map_files = false;
-    let symbolizer = Symbolizer::builder().enable_code_info(false).enable_inlined_fns(false).build();
+    let symbolizer = names_only();
     let syms = match symbolizer.symbolize(&Source::Process(src), Input::AbsAddr(addrs)) {
         Ok(s) => s,
         Err(e) => return Some(Err(format!("the task's memory map could not be read ({e}); it may have exited"))),
@@ -114,6 +114,11 @@ pub fn user_stack(raw: &OomEvent) -> Option<UserStack> {
     // Without frame pointers the frames after the first are guesses: keep them only while
     // they resolve.
     Some(Ok(syms.iter().map_while(|s| name_of(s).map(str::to_owned)).collect()))
+}
+
+/// A symbolizer that gives function names only: no source lines, no inlined frames.
+fn names_only() -> Symbolizer {
+    Symbolizer::builder().enable_code_info(false).enable_inlined_fns(false).build()
 }
 
 fn name_of<'a>(s: &'a Symbolized<'_>) -> Option<&'a str> {
@@ -138,7 +143,7 @@ impl KernelSymbols {
         if !missing.is_empty() {
             kallsyms_readable()?;
             let src = Kernel { vmlinux: MaybeDefault::None, debug_syms: false, ..Default::default() };
-            let symbolizer = Symbolizer::builder().enable_code_info(false).enable_inlined_fns(false).build();
+            let symbolizer = names_only();
             let syms = symbolizer
                 .symbolize(&Source::Kernel(src), Input::AbsAddr(&missing))
                 .map_err(|e| format!("/proc/kallsyms could not be read: {e}"))?;
