@@ -1,22 +1,17 @@
 //! The allocation site: the stacks the kernel side captured of the task whose charge invoked
 //! the OOM killer (`current` at `mark_victim`), symbolized, and what the charge was for.
 //!
-//! Kernel addresses are symbolized from `/proc/kallsyms` by blazesym. The symbol table is
-//! read only for addresses not seen before and dropped straight after, so the daemon does
-//! not keep the kernel's ~120 000 symbols (several MiB) resident between kills; a storm's
-//! repeated stacks are answered from a small cache. User addresses need the task's memory
-//! map, which is gone once it exits, so they are symbolized first, with the victim's procfs.
+//! Kernel addresses are named from `/proc/kallsyms` ([`KernelFunctions`]). User addresses
+//! need the task's memory map, which is gone once it exits, so they are symbolized first,
+//! with the victim's procfs, by blazesym.
 use crate::model::{Charge, ChargeKind};
-use blazesym::symbolize::source::{Kernel, Process, Source};
+use crate::kallsyms::KernelFunctions;
+use blazesym::symbolize::source::{Process, Source};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer};
-use blazesym::MaybeDefault;
 use oomtrace_common::{valid, OomEvent, KSTACK_DEPTH, USTACK_DEPTH};
-use std::collections::HashMap;
 
 /// Kernel frames reported below the OOM killer's own.
 const STACK_FRAMES: usize = 12;
-/// Addresses remembered; past this the cache starts over (a node's OOM paths are few).
-const CACHE: usize = 4096;
 const UNKNOWN: &str = "[unknown]";
 
 /// The OOM killer's frames, above the allocation.
@@ -128,37 +123,20 @@ fn name_of<'a>(s: &'a Symbolized<'_>) -> Option<&'a str> {
     }
 }
 
-/// Kernel symbol names of addresses seen before.
-#[derive(Default)]
+/// Names the charging task's stacks.
 pub struct KernelSymbols {
-    names: HashMap<u64, Option<Box<str>>>,
+    functions: Option<KernelFunctions>,
 }
 
 impl KernelSymbols {
-    /// Names of `addrs`, reading kallsyms only for those not cached.
-    fn resolve(&mut self, addrs: &[u64]) -> Result<Vec<Option<Box<str>>>, String> {
-        let mut missing: Vec<u64> = addrs.iter().copied().filter(|a| !self.names.contains_key(a)).collect();
-        missing.sort_unstable();
-        missing.dedup();
-        if !missing.is_empty() {
-            kallsyms_readable()?;
-            let src = Kernel { vmlinux: MaybeDefault::None, debug_syms: false, ..Default::default() };
-            let symbolizer = names_only();
-            let syms = symbolizer
-                .symbolize(&Source::Kernel(src), Input::AbsAddr(&missing))
-                .map_err(|e| format!("/proc/kallsyms could not be read: {e}"))?;
-            if self.names.len() + missing.len() > CACHE {
-                self.names.clear();
-            }
-            for (a, s) in missing.iter().zip(&syms) {
-                self.names.insert(*a, name_of(s).map(Box::from));
-            }
-            drop(syms);
-            drop(symbolizer);
-            // The parsed symbol table is freed: hand its pages back rather than keep the peak.
-            crate::heap::release_freed();
+    /// Reads the kernel functions of the OOM paths now, when stacks are captured (`capture`),
+    /// so that the first kill does not wait for kallsyms. Warns when kallsyms hides them.
+    pub fn load(capture: bool) -> Self {
+        let functions = capture.then(KernelFunctions::load);
+        if let Some(why) = functions.as_ref().and_then(KernelFunctions::unreadable) {
+            tracing::warn!("{why}: oom.charge will name no kernel function (--no-charge-stacks turns the capture off)");
         }
-        Ok(addrs.iter().map(|a| self.names.get(a).cloned().flatten()).collect())
+        Self { functions }
     }
 
     /// `oom.charge` of a victim record; `None` when no stack was captured.
@@ -172,7 +150,8 @@ impl KernelSymbols {
             None => (None, Some("no user stack: a kernel thread's charge".into())),
         };
         let addrs = &raw.kstack[..(raw.kstack_len as usize).min(KSTACK_DEPTH)];
-        let names = match self.resolve(addrs) {
+        let functions = self.functions.as_mut()?;
+        let names = match functions.names(addrs) {
             Ok(n) => n,
             Err(why) => {
                 return Some(Charge { kind: None, write: None, stack: Vec::new(), user_stack, stack_note: Some(why), user_stack_note })
@@ -199,34 +178,6 @@ fn allocation_frames<'a, 'b>(names: &'b [&'a str]) -> &'b [&'a str] {
         None => names.iter().take_while(|f| is_tracing(f)).count(),
     };
     &names[skip..]
-}
-
-/// Without CAP_SYSLOG (and `kptr_restrict` ≥ 1, or `perf_event_paranoid` ≥ 2) kallsyms shows
-/// every address as 0: say so rather than name the wrong functions.
-pub fn kallsyms_readable() -> Result<(), String> {
-    use std::io::BufRead;
-    let f = std::fs::File::open("/proc/kallsyms").map_err(|e| format!("/proc/kallsyms: {e}"))?;
-    match first_function_address(std::io::BufReader::new(f).lines().map_while(Result::ok)) {
-        Some(0) | None => {
-            let restrict = std::fs::read_to_string("/proc/sys/kernel/kptr_restrict").unwrap_or_default();
-            Err(format!(
-                "kernel addresses are hidden in /proc/kallsyms (kernel.kptr_restrict={}): naming kernel functions needs CAP_SYSLOG, and kptr_restrict below 2",
-                restrict.trim()
-            ))
-        }
-        Some(_) => Ok(()),
-    }
-}
-
-/// The address of the first function (`T`/`t`) in kallsyms lines. Not the first line's: on
-/// kernels before 6.15 the table opens with per-CPU symbols (`A`) at 0, however privileged the
-/// reader.
-fn first_function_address(lines: impl Iterator<Item = String>) -> Option<u64> {
-    lines.take(100_000).find_map(|l| {
-        let mut it = l.split_whitespace();
-        let (addr, kind) = (it.next()?, it.next()?);
-        matches!(kind, "T" | "t").then(|| u64::from_str_radix(addr, 16).ok()).flatten()
-    })
 }
 
 /// The verdict's clause for the charge: what the triggering task was doing. A victim's own
@@ -295,40 +246,5 @@ mod tests {
         assert!(phrase(&c(ChargeKind::AnonFault, None), "dd", false, "pod").unwrap().contains("by dd"));
         let unknown = Charge { kind: None, ..c(ChargeKind::Other, None) };
         assert_eq!(phrase(&unknown, "x", false, "pod"), None);
-    }
-
-    #[test]
-    fn kallsyms_is_judged_by_its_functions_not_its_per_cpu_symbols() {
-        let lines = |t: &str| t.lines().map(str::to_owned).collect::<Vec<_>>().into_iter();
-        let v6_12 = "0000000000000000 A fixed_percpu_data\n0000000000000000 A __per_cpu_start\nffffffff81000000 T _stext\n";
-        assert_eq!(first_function_address(lines(v6_12)), Some(0xffffffff81000000));
-        let hidden = "0000000000000000 A fixed_percpu_data\n0000000000000000 T _stext\n";
-        assert_eq!(first_function_address(lines(hidden)), Some(0));
-        assert_eq!(first_function_address(lines("")), None);
-    }
-
-    /// Real kallsyms here: this function's own kernel neighbours resolve by name.
-    #[test]
-    fn symbolizes_kernel_addresses_from_kallsyms() {
-        let Ok(text) = std::fs::read_to_string("/proc/kallsyms") else {
-            eprintln!("SKIP: /proc/kallsyms is not readable here");
-            return;
-        };
-        let find = |name: &str| {
-            text.lines().find_map(|l| {
-                let mut it = l.split_whitespace();
-                let (a, _, n) = (it.next()?, it.next()?, it.next()?);
-                (n == name).then(|| u64::from_str_radix(a, 16).ok()).flatten()
-            })
-        };
-        let Some(addr) = find("out_of_memory").filter(|a| *a != 0) else {
-            eprintln!("SKIP: kernel addresses are hidden (no CAP_SYSLOG)");
-            return;
-        };
-        let mut k = KernelSymbols::default();
-        let names = k.resolve(&[addr + 1, addr + 1]).unwrap();
-        assert_eq!(names[0].as_deref(), Some("out_of_memory"));
-        assert_eq!(names[1].as_deref(), Some("out_of_memory"));
-        assert_eq!(k.names.len(), 1, "one lookup per distinct address");
     }
 }

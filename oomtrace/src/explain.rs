@@ -172,6 +172,18 @@ pub fn gather(
     killed_at: std::time::SystemTime,
     budget: Budget,
 ) -> Option<(Explanation, bool)> {
+    let (mut x, dir) = match ev.oom.constraint? {
+        Constraint::Memcg => {
+            let dir = h.memory_dir(ev.oom.cgroup.as_deref()?)?;
+            (cgroup_breakdown(h, &dir)?, Some(dir))
+        }
+        Constraint::Global => {
+            (Explanation { details_source: Some(DetailsSource::CgroupfsProcfs), ..Default::default() }, None)
+        }
+        _ => return None,
+    };
+    // The budget starts after the breakdown's few fixed reads: it bounds what grows with the
+    // cgroup tree and its tasks, not a `memory.stat` that is slow to flush.
     let mut walk = Walk {
         budget,
         deadline: std::time::Instant::now() + budget.time,
@@ -179,19 +191,10 @@ pub fn gather(
         cut: false,
     };
     let mut pids = Vec::new();
-    let mut x = match ev.oom.constraint? {
-        Constraint::Memcg => {
-            let dir = h.memory_dir(ev.oom.cgroup.as_deref()?)?;
-            let x = cgroup_breakdown(h, &dir)?;
-            walk.procs_below(&dir, &mut pids, 0);
-            x
-        }
-        Constraint::Global => {
-            walk.every_process(&mut pids);
-            Explanation { details_source: Some(DetailsSource::CgroupfsProcfs), ..Default::default() }
-        }
-        _ => return None,
-    };
+    match &dir {
+        Some(dir) => walk.procs_below(dir, &mut pids, 0),
+        None => walk.every_process(&mut pids),
+    }
     let victim = ev.victim.pid;
     let mut read = Vec::new();
     for pid in pids.into_iter().filter(|p| Some(*p) != victim) {

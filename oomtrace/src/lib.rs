@@ -13,6 +13,7 @@ pub mod history;
 pub mod history_sampler;
 pub mod incident;
 pub mod k8s;
+pub mod kallsyms;
 pub mod listener;
 pub mod metrics;
 pub mod model;

@@ -7,7 +7,8 @@
 //! 3. the OOM domain: which cgroup's limit was hit ([`DomainTracker`]);
 //! 4. decode, pure: the kernel record and what the stages before found become the event
 //!    ([`Decoder`]);
-//!    The allocation that invoked the OOM killer, symbolized ([`KernelSymbols`]);
+//!    The allocation that invoked the OOM killer, symbolized ([`KernelSymbols`], whose kernel
+//!    functions are read at start-up);
 //! 5. the OOM cgroup's memory history up to the kill and its trend ([`History`], sampled by
 //!    [`history_sampler`] on a thread of its own);
 //! 6. attribution to a pod and container, and the pod spec's runtime settings when procfs
@@ -327,16 +328,11 @@ pub async fn trace(
     let procfs = victim_procfs::Reader::new(hierarchies.clone());
     let mut domains = DomainTracker::new(hierarchies.clone());
     let decoder = Decoder::new(node.clone());
-    let mut symbols = KernelSymbols::default();
+    let mut symbols = tokio::task::block_in_place(|| KernelSymbols::load(tracer.charge_stacks));
     let mut incidents = Incidents::default();
     let history = Arc::new(History::default());
     let stop_sampler = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = hierarchies.as_ref().and_then(|h| history_sampler::spawn(h, history.clone(), stop_sampler.clone()));
-    if tracer.charge_stacks {
-        if let Err(why) = crate::charge::kallsyms_readable() {
-            tracing::warn!("{why}: oom.charge will name no kernel function (--no-charge-stacks turns the capture off)");
-        }
-    }
     sink.attached(&tracer.strategy);
     eprintln!("watching for OOM kills (strategy: {})", tracer.strategy);
 

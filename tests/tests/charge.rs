@@ -38,7 +38,8 @@ fn each_kernel_path_is_named_with_its_stack() {
     let w = Watch::start(&[]);
     // (hog kind, charge kind, functions one of which the stack must hold, the verdict's clause)
     let cases: [(HogKind, &str, &[&str], &str); 4] = [
-        (HogKind::Shmem, "shmem", &["shmem_fault"], "a tmpfs/shared-memory page of oomtrace-hog triggered it"),
+        // A fault in the shared mapping, or the tmpfs inode that mmap makes for it.
+        (HogKind::Shmem, "shmem", &["shmem_fault", "shmem_zero_setup"], "a tmpfs/shared-memory page of oomtrace-hog triggered it"),
         (HogKind::TmpfsWrite, "shmem", &["shmem_write_begin"], "a tmpfs/shared-memory page of oomtrace-hog triggered it"),
         // Filling a pipe, making one, or growing it to 1 MiB (F_SETPIPE_SZ allocates its ring).
         (HogKind::Pipe, "pipe", &["pipe_write", "pipe_resize_ring", "alloc_pipe_info", "create_pipe_files"], "pipe buffers of oomtrace-hog triggered it: pipe buffers count toward the limit"),

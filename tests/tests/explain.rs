@@ -70,7 +70,7 @@ fn the_oom_cgroups_tasks_are_listed_with_their_rss() {
         let t = tasks
             .iter()
             .find(|t| t["pid"].as_u64() == Some(h.id() as u64))
-            .unwrap_or_else(|| panic!("holder {} missing from {tasks:#?}", h.id()));
+            .unwrap_or_else(|| panic!("holder {} missing from {e:#}\nstderr:\n{}", h.id(), w.stderr_text()));
         let rss = t["rss_anon_bytes"].as_u64().unwrap();
         assert!((11 * MIB..=14 * MIB).contains(&rss), "holder rss {rss}");
         assert_eq!(t["comm"], "oomtrace-hog");
