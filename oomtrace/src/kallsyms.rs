@@ -3,7 +3,7 @@
 //! Reading kallsyms costs ~50 ms of kernel time here (seconds under emulation), and the
 //! whole table is ~3 MiB of names. So it is read once at start-up for the functions an
 //! allocation that ends in the OOM killer runs through (the fault, syscall, page-cache,
-//! tmpfs, pipe, socket, slab and memcg charge paths: ~6 000 functions, ~0.3 MiB), before
+//! tmpfs, pipe, socket, slab and memcg charge paths: ~4 000 functions, ~0.2 MiB), before
 //! the daemon says it is watching: the first kill is then not the one that pays for it. An
 //! address outside that set costs one more read, and its function is remembered.
 use std::io::BufRead;
@@ -12,7 +12,7 @@ use std::io::BufRead;
 /// function outside them is still named, by a read of kallsyms when it first shows up.
 const WARM: &[&str] = &[
     // entry, faults, the memcg charge and the OOM killer
-    "entry_", "do_syscall", "x64_sys_call", "x64_sys_", "ia32_sys_", "sys_", "ksys_", "exc_page_fault", "asm_exc_",
+    "entry_", "do_syscall", "x64_sys_call", "x64_sys_", "sys_", "ksys_", "exc_page_fault", "asm_exc_",
     "do_user_addr_fault", "handle_mm_fault", "handle_pte_fault", "do_", "wp_page", "alloc_anon", "vma_alloc",
     "pte_", "pmd_", "collapse", "huge", "mem_cgroup", "memcg", "charge_memcg", "try_charge", "obj_cgroup",
     "out_of_memory", "oom_", "mark_oom", "pagefault_out_of_memory",
@@ -22,15 +22,17 @@ const WARM: &[&str] = &[
     // write paths, tmpfs, pipes, sockets
     "vfs_", "new_sync", "generic_perform_write", "generic_file", "shmem", "pipe", "anon_pipe", "create_pipe",
     "unix_", "sock_", "sk_", "skb", "alloc_skb", "tcp_", "udp_", "netlink_",
-    // the tracepoint and this program, on top of every stack
-    "bpf_", "perf_", "traceiter_", "trace_",
+    // the tracepoint and this program, on top of every stack (the victim tracepoint's own
+    // glue is matched by its suffix below)
+    "bpf_prog_", "bpf_trace_run", "trace_call_bpf", "perf_trace_run_bpf_submit", "perf_tp_event",
 ];
 
-/// Functions remembered beyond the start-up set before the cache starts over from it.
+/// Functions (and addresses in none) remembered beyond the start-up set, about, before the
+/// cache starts over from it.
 const LEARNED: usize = 4096;
 
 /// A kernel function: `[start, end)` and its name.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 struct Function {
     start: u64,
     end: u64,
@@ -89,7 +91,7 @@ fn read_kallsyms(keep: impl Fn(&str) -> bool) -> Result<Scan, String> {
 /// Whether `name` is on the paths kept from the start.
 fn is_warm(name: &str) -> bool {
     let bare = name.trim_start_matches('_');
-    WARM.iter().any(|p| bare.starts_with(p))
+    WARM.iter().any(|p| bare.starts_with(p)) || name.ends_with("_mark_victim")
 }
 
 /// Without CAP_SYSLOG (and `kptr_restrict` ≥ 1, or `perf_event_paranoid` ≥ 2) kallsyms shows
@@ -109,11 +111,22 @@ fn hidden(first: Option<u64>) -> Result<(), String> {
     }
 }
 
+/// A function of the table: its name is `names[name_at..]` up to a NUL. Compact, since the
+/// daemon keeps thousands of them.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    start: u64,
+    len: u32,
+    name_at: u32,
+}
+
 /// Kernel functions by address: the start-up set and those learned since.
 pub struct KernelFunctions {
     /// Sorted by start.
-    functions: Vec<Function>,
-    warm: usize,
+    entries: Vec<Entry>,
+    names: String,
+    /// Where the start-up set's names end: learned names follow.
+    warm_names: usize,
     /// Addresses in no function (kallsyms was read for them once already).
     nowhere: std::collections::HashSet<u64>,
     /// Why no kernel function can be named, when kallsyms hides its addresses.
@@ -125,16 +138,35 @@ impl KernelFunctions {
     pub fn load() -> Self {
         match read_kallsyms(is_warm) {
             Ok(s) => Self::from_scan(s),
-            Err(why) => Self { functions: Vec::new(), warm: 0, nowhere: Default::default(), unreadable: Some(why) },
+            Err(why) => Self::empty(Some(why)),
         }
     }
 
+    fn empty(unreadable: Option<String>) -> Self {
+        Self { entries: Vec::new(), names: String::new(), warm_names: 0, nowhere: Default::default(), unreadable }
+    }
+
     fn from_scan(s: Scan) -> Self {
-        let unreadable = hidden(s.first).err();
-        let mut functions = if unreadable.is_some() { Vec::new() } else { s.functions };
-        functions.sort_unstable_by_key(|f| f.start);
-        functions.shrink_to_fit();
-        Self { warm: functions.len(), functions, nowhere: Default::default(), unreadable }
+        let mut t = Self::empty(hidden(s.first).err());
+        if t.unreadable.is_none() {
+            for f in &s.functions {
+                t.add(f);
+            }
+        }
+        t.entries.sort_unstable_by_key(|e| e.start);
+        t.entries.shrink_to_fit();
+        t.names.shrink_to_fit();
+        t.warm_names = t.names.len();
+        t
+    }
+
+    /// Appends `f` (unsorted; callers keep the order).
+    fn add(&mut self, f: &Function) {
+        let Ok(name_at) = u32::try_from(self.names.len()) else { return };
+        self.names.push_str(&f.name);
+        self.names.push('\0');
+        let len = u32::try_from(f.end.saturating_sub(f.start)).unwrap_or(u32::MAX);
+        self.entries.push(Entry { start: f.start, len, name_at });
     }
 
     /// Why kernel functions cannot be named here, if they cannot.
@@ -143,9 +175,13 @@ impl KernelFunctions {
     }
 
     fn lookup(&self, addr: u64) -> Option<&str> {
-        let i = self.functions.partition_point(|f| f.start <= addr).checked_sub(1)?;
-        let f = &self.functions[i];
-        (addr < f.end).then_some(&*f.name)
+        let i = self.entries.partition_point(|e| e.start <= addr).checked_sub(1)?;
+        let e = self.entries[i];
+        if addr - e.start >= u64::from(e.len) {
+            return None;
+        }
+        let name = self.names.get(e.name_at as usize..)?;
+        name.split('\0').next()
     }
 
     /// The names of `addrs`; kallsyms is read again only when one is outside the known
@@ -166,9 +202,10 @@ impl KernelFunctions {
         hidden(all.first)?;
         let mut all = all.functions;
         all.sort_unstable_by_key(|f| f.start);
-        if self.functions.len() + addrs.len() > self.warm + LEARNED {
-            self.functions.retain(|f| is_warm(&f.name));
-            self.warm = self.functions.len();
+        if self.names.len() > self.warm_names + LEARNED * 32 {
+            let warm = self.warm_names;
+            self.entries.retain(|e| (e.name_at as usize) < warm);
+            self.names.truncate(warm);
         }
         for a in addrs {
             if self.lookup(*a).is_some() {
@@ -176,8 +213,8 @@ impl KernelFunctions {
             }
             let Some(i) = all.partition_point(|f| f.start <= *a).checked_sub(1) else { continue };
             if *a < all[i].end {
-                let at = self.functions.partition_point(|f| f.start <= all[i].start);
-                self.functions.insert(at, all[i].clone());
+                self.add(&all[i]);
+                self.entries.sort_unstable_by_key(|e| e.start);
             }
         }
         if self.nowhere.len() > LEARNED {
@@ -236,10 +273,12 @@ mod tests {
     #[test]
     fn the_oom_paths_are_warm() {
         for f in ["__handle_mm_fault", "try_charge_memcg", "shmem_get_folio_gfp", "anon_pipe_write", "unix_stream_sendmsg",
-            "__kmalloc_noprof", "filemap_add_folio", "bpf_trace_run2", "__traceiter_mark_victim", "__x64_sys_write"] {
+            "__kmalloc_noprof", "filemap_add_folio", "bpf_trace_run2", "__traceiter_mark_victim", "__bpf_trace_mark_victim",
+            "perf_trace_mark_victim", "bpf_prog_6deef7357e7b4530_mark_victim_btf", "__x64_sys_write"] {
             assert!(is_warm(f), "{f}");
         }
         assert!(!is_warm("ext4_write_begin"));
+        assert!(!is_warm("__traceiter_sched_switch"), "other tracepoints' glue is not kept");
     }
 
     /// Real kallsyms here: a function outside the start-up set is read and remembered.
