@@ -84,7 +84,9 @@ fn anonymous_fault_of_another_task_names_it_and_its_user_stack() {
     let grower_pid = grower.id();
     assert_eq!(resident.wait().unwrap().signal(), Some(libc::SIGKILL));
     let e = w.collect(1, Duration::from_secs(30), in_cgroup(cg.rel.clone())).pop().expect("the kill");
-    assert!(grower.try_wait().unwrap().is_none(), "the trigger survives the kill of the resident");
+    // Whether the grower outlives a later OOM of its own (under emulation the resident's
+    // memory can still be charged when it grows on) says nothing about this kill.
+    assert_eq!(e["victim"]["pid"], resident.id(), "{e:#}");
     let _ = grower.kill();
     let _ = grower.wait();
     assert_eq!((&e["trigger"]["comm"], &e["trigger"]["tgid"]), (&"grower".into(), &grower_pid.into()), "{e:#}");

@@ -50,6 +50,19 @@ fn main() {
         std::thread::sleep(std::time::Duration::from_millis(hold_ms));
         return;
     }
+    // Shared anonymous memory is one mapping made up front: each mmap of it makes a tmpfs
+    // inode and a VMA (kernel objects), and near the limit those would be the charges that
+    // hit it rather than the pages.
+    let shared = match (kind, shm_fd) {
+        // SAFETY: a fresh mapping, no aliasing.
+        ("shmem", None) => Some(unsafe {
+            libc::mmap(std::ptr::null_mut(), mib.max(1) * MIB, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0)
+        }),
+        _ => None,
+    };
+    if shared == Some(libc::MAP_FAILED) {
+        std::process::exit(2);
+    }
     let mut keep: Vec<*mut u8> = Vec::with_capacity(mib);
     for i in 0..mib {
         let (flags, fd, offset) = match (kind, shm_fd) {
@@ -60,12 +73,13 @@ fn main() {
                 }
                 (libc::MAP_SHARED, fd, (i * MIB) as libc::off_t)
             }
-            ("shmem", None) => (libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0),
             _ => (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0),
         };
-        // SAFETY: a fresh mapping (of the memfd's own new MiB), no aliasing.
-        let p = unsafe {
-            libc::mmap(std::ptr::null_mut(), MIB, libc::PROT_READ | libc::PROT_WRITE, flags, fd, offset)
+        // SAFETY: a fresh mapping (of the memfd's own new MiB), no aliasing; or the MiB `i` of
+        // the shared mapping made above.
+        let p = match shared {
+            Some(base) => unsafe { base.cast::<u8>().add(i * MIB).cast() },
+            None => unsafe { libc::mmap(std::ptr::null_mut(), MIB, libc::PROT_READ | libc::PROT_WRITE, flags, fd, offset) },
         };
         if p == libc::MAP_FAILED {
             std::process::exit(2);
