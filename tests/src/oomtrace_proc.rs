@@ -88,7 +88,10 @@ impl Watch {
         });
         let stderr_thread = Some(stderr_thread);
         let mut w = Watch { child, events, close_stdout, stderr, stderr_thread, strategy: String::new() };
-        match ready.recv_timeout(Duration::from_secs(60)) {
+        // Start-up is the kernel BTF and the programs' verification: about a second here, but
+        // it once took over 60 s on emulated 5.10 (with `--warnings`, while another guest ran),
+        // before the daemon had printed anything.
+        match ready.recv_timeout(Duration::from_secs(180)) {
             Ok(line) => {
                 w.strategy = line;
                 Ok(w)
