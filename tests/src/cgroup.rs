@@ -236,6 +236,8 @@ pub enum HogKind {
     Socket,
     /// write(2) into a memfd (tmpfs pages charged by the write path).
     TmpfsWrite,
+    /// Kernel objects alone: `mib` × 4096 untouched one-page mappings, a VMA each.
+    Vmas,
     /// Page cache: the file in `OOMTRACE_HOG_FILE` mapped and mlocked (set it with
     /// `Command::env`).
     FileMlock,
@@ -277,6 +279,7 @@ impl Hog {
                 HogKind::Pipe => "pipe",
                 HogKind::Socket => "socket",
                 HogKind::TmpfsWrite => "tmpfs-write",
+                HogKind::Vmas => "vmas",
                 HogKind::FileMlock => "file-mlock",
             })
             .arg(self.hold_ms.to_string())

@@ -3,7 +3,8 @@
 //!
 //! Not produced here, so not tested: a page-cache *write* OOM (dirty pages are written back
 //! and reclaimed rather than OOM-killed for), a THP fault OOM (the fault falls back to small
-//! pages when the huge charge fails) and a slab OOM from dentries (reclaimable).
+//! pages when the huge charge fails) and a slab OOM from dentries (reclaimable). Slab is
+//! produced with kernel objects nothing reclaims: VMAs.
 use oomtrace_tests::cgroup::{Hog, HogKind, TestCgroup};
 use oomtrace_tests::oomtrace_proc::{in_cgroup, kill_in, Watch};
 use oomtrace_tests::require_root_and_btf;
@@ -23,12 +24,12 @@ fn stack(e: &Value) -> Vec<&str> {
     charge(e)["stack"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect()
 }
 
-/// Kills the only process of a fresh 32 MiB cgroup, grown the `kind` way; its event. Its code
-/// is locked in memory: reclaim could otherwise drop it, and a fault re-reading it (a
-/// page-cache charge) be the one that invokes the OOM killer.
-fn kill_by(w: &Watch, name: &str, kind: HogKind) -> Value {
+/// Kills the only process of a fresh cgroup of `limit_mib`, grown the `kind` way; its event.
+/// Its code is locked in memory: reclaim could otherwise drop it, and a fault re-reading it
+/// (a page-cache charge) be the one that invokes the OOM killer.
+fn kill_by(w: &Watch, name: &str, kind: HogKind, limit_mib: u64) -> Value {
     let cg = TestCgroup::new(name).unwrap();
-    cg.set_limit(32 * MIB).unwrap();
+    cg.set_limit(limit_mib * MIB).unwrap();
     kill_in(&cg, w, Hog { kind, lock_code: true, ..Hog::anon(256) })
 }
 
@@ -36,17 +37,20 @@ fn kill_by(w: &Watch, name: &str, kind: HogKind) -> Value {
 fn each_kernel_path_is_named_with_its_stack() {
     require_root_and_btf();
     let w = Watch::start(&[]);
-    // (hog kind, charge kind, functions one of which the stack must hold, the verdict's clause)
-    let cases: [(HogKind, &str, &[&str], &str); 4] = [
+    // (hog kind, cgroup limit in MiB, charge kind, functions one of which the stack must
+    // hold, the verdict's clause)
+    let cases: [(HogKind, u64, &str, &[&str], &str); 5] = [
         // A fault in the shared mapping, or the tmpfs inode that mmap makes for it.
-        (HogKind::Shmem, "shmem", &["shmem_fault", "shmem_zero_setup"], "a tmpfs/shared-memory page of oomtrace-hog triggered it"),
-        (HogKind::TmpfsWrite, "shmem", &["shmem_write_begin"], "a tmpfs/shared-memory page of oomtrace-hog triggered it"),
+        (HogKind::Shmem, 32, "shmem", &["shmem_fault", "shmem_zero_setup"], "a tmpfs/shared-memory page of oomtrace-hog triggered it"),
+        (HogKind::TmpfsWrite, 32, "shmem", &["shmem_write_begin"], "a tmpfs/shared-memory page of oomtrace-hog triggered it"),
         // Filling a pipe, making one, or growing it to 1 MiB (F_SETPIPE_SZ allocates its ring).
-        (HogKind::Pipe, "pipe", &["pipe_write", "pipe_resize_ring", "alloc_pipe_info", "create_pipe_files"], "pipe buffers of oomtrace-hog triggered it: pipe buffers count toward the limit"),
-        (HogKind::Socket, "socket", &["unix_stream_sendmsg", "__sys_socketpair"], "socket buffers of oomtrace-hog triggered it"),
+        (HogKind::Pipe, 32, "pipe", &["pipe_write", "pipe_resize_ring", "alloc_pipe_info", "create_pipe_files"], "pipe buffers of oomtrace-hog triggered it: pipe buffers count toward the limit"),
+        (HogKind::Socket, 32, "socket", &["unix_stream_sendmsg", "__sys_socketpair"], "socket buffers of oomtrace-hog triggered it"),
+        // VMAs alone: vm.max_map_count (65 530) of them take 12 MiB or more of kernel memory.
+        (HogKind::Vmas, 8, "slab", &["vm_area_alloc", "vm_area_dup", "mmap_region"], "a kernel allocation (slab) for oomtrace-hog triggered it: kernel memory counts toward the limit"),
     ];
-    for (hog, kind, functions, clause) in cases {
-        let e = kill_by(&w, &format!("oomtrace-charge-{kind}"), hog);
+    for (hog, limit_mib, kind, functions, clause) in cases {
+        let e = kill_by(&w, &format!("oomtrace-charge-{hog:?}"), hog, limit_mib);
         let c = charge(&e);
         let s = stack(&e);
         // One page in 512 a fault maps is a page table's, charged as kernel memory before

@@ -9,8 +9,9 @@
 //!
 //! Kinds other than `anon` and `shmem` charge memory no page fault of the hog's makes, so
 //! each OOM is triggered from that kernel path: `pipe` (pipe buffers nobody reads), `socket`
-//! (unix socket buffers nobody reads), `tmpfs-write` (write(2) into a memfd) and
-//! `file-mlock` (page cache: mlocks a mapping of the file `OOMTRACE_HOG_FILE`, uncached first).
+//! (unix socket buffers nobody reads), `tmpfs-write` (write(2) into a memfd), `vmas` (kernel
+//! objects: one-page mappings never touched, each a VMA) and `file-mlock` (page cache: mlocks
+//! a mapping of the file `OOMTRACE_HOG_FILE`, uncached first).
 use std::io::Write;
 
 fn main() {
@@ -41,6 +42,7 @@ fn main() {
         "pipe" => Some(pipes),
         "socket" => Some(sockets),
         "tmpfs-write" => Some(tmpfs_write),
+        "vmas" => Some(vmas),
         "file-mlock" => Some(file_mlock),
         _ => None,
     };
@@ -151,6 +153,21 @@ fn tmpfs_write(mib: usize) {
         let fd = check(libc::memfd_create(c"oomtrace-hog".as_ptr(), 0), "memfd_create");
         for _ in 0..mib {
             check(libc::write(fd, chunk.as_ptr().cast(), chunk.len()) as libc::c_int, "write");
+        }
+    }
+}
+
+/// Kernel objects only: up to `mib` × 4096 one-page mappings, never touched (no page, no page
+/// table), each a VMA of its own (neighbours differ in protection, so none merge). The VMA
+/// cache is charged to the cgroup and nothing reclaims it.
+fn vmas(mib: usize) {
+    for i in 0..mib * 4096 {
+        let prot = if i % 2 == 0 { libc::PROT_READ } else { libc::PROT_NONE };
+        // SAFETY: a fresh mapping, never accessed; the process holds it until it dies.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), 4096, prot, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE, -1, 0) };
+        if p == libc::MAP_FAILED {
+            // vm.max_map_count reached before the limit: the test says so by the exit status.
+            check(-1, "mmap");
         }
     }
 }
