@@ -14,7 +14,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 use oomtrace_common::{counter, TracepointLayout};
-use tokio::io::unix::{AsyncFd, AsyncFdReadyMutGuard};
+use tokio::io::unix::AsyncFd;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum VictimHook {
@@ -332,19 +332,23 @@ impl Tracer {
         Ok((tracer, KernelCounters(counters)))
     }
 
-    /// Waits for records on either ring and appends every one available.
+    /// Waits for records on either ring and appends every one available, the warnings' first.
+    /// Reclaim at a limit warns before that limit's kill is recorded, so a wake-up for the
+    /// kill finds the warning already in its ring: taken first, it reaches the sinks first.
     pub async fn next_batch(&mut self, out: &mut Vec<Record>) -> Result<()> {
-        let malformed = tokio::select! {
-            g = self.ring.readable_mut() => drain_ready(g?, out),
-            g = self.warnings.readable_mut() => drain_ready(g?, out),
-        };
-        self.malformed += malformed;
+        // Readiness is cleared before the rings are read: a record that lands after the read
+        // sets it again, so none waits for the next wake-up.
+        tokio::select! {
+            g = self.warnings.readable_mut() => g?.clear_ready(),
+            g = self.ring.readable_mut() => g?.clear_ready(),
+        }
+        self.drain_now(out);
         Ok(())
     }
 
-    /// Appends every record in the rings now, without waiting (the last read before exit).
+    /// Appends every record in the rings now, without waiting, the warnings' first.
     pub fn drain_now(&mut self, out: &mut Vec<Record>) {
-        self.malformed += drain(self.ring.get_mut(), out) + drain(self.warnings.get_mut(), out);
+        self.malformed += drain(self.warnings.get_mut(), out) + drain(self.ring.get_mut(), out);
     }
 
     /// Detaches the programs: nothing more is counted or written to the rings, so what they
@@ -352,14 +356,6 @@ impl Tracer {
     pub fn detach(&mut self) {
         self.ebpf.take();
     }
-}
-
-/// Drains a ready ring fully, clears readiness, then drains again so a record that arrived in
-/// between is not left waiting. Returns the malformed count.
-fn drain_ready(mut guard: AsyncFdReadyMutGuard<'_, RingBuf<MapData>>, out: &mut Vec<Record>) -> u64 {
-    let malformed = drain(guard.get_inner_mut(), out);
-    guard.clear_ready();
-    malformed + drain(guard.get_inner_mut(), out)
 }
 
 /// Moves every available record to `out`; returns how many were malformed.

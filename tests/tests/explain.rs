@@ -144,27 +144,25 @@ fn pressure_for(w: &Watch, cg: &TestCgroup) -> Value {
     warn.into_iter().next().unwrap()
 }
 
-/// The first warning for `cg` and the kill in it, in whichever order oomtrace printed them:
-/// warnings and kills come from two rings, so a kill may be printed before the warning that
-/// preceded it in the kernel.
-fn warning_and_kill(w: &Watch, cg: &TestCgroup) -> (Value, Value) {
+/// The first warning for `cg` and the kill in it, which must be printed in that order:
+/// warnings and kills come from two rings, and the reader takes the warnings' first. (More
+/// warnings may come between, one a second.)
+fn warning_then_kill(w: &Watch, cg: &TestCgroup) -> (Value, Value) {
     let deadline = Instant::now() + Duration::from_secs(30);
     let is_kill = in_cgroup(cg.rel.clone());
-    let (mut warning, mut kill) = (None, None);
-    while warning.is_none() || kill.is_none() {
+    let mut warning = None;
+    loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let Some(v) = w.collect(1, left, |v| is_warning_for(v, cg) || is_kill(v)).pop() else { break };
+        let Some(v) = w.collect(1, left, |v| is_warning_for(v, cg) || is_kill(v)).pop() else {
+            panic!("no kill for the hog (warning: {warning:?}); stderr:\n{}", w.stderr_text())
+        };
         if is_warning_for(&v, cg) {
             warning.get_or_insert(v);
         } else {
-            kill.get_or_insert(v);
+            let w = warning.unwrap_or_else(|| panic!("the kill was printed before any warning: {v:#}"));
+            return (w, v);
         }
     }
-    let stderr = w.stderr_text();
-    (
-        warning.unwrap_or_else(|| panic!("no pressure event; stderr:\n{stderr}")),
-        kill.unwrap_or_else(|| panic!("no kill event for the hog; stderr:\n{stderr}")),
-    )
 }
 
 #[test]
@@ -180,7 +178,7 @@ fn reclaim_at_the_limit_warns_before_the_kill() {
         // come before the kill.
         let mut hog = cg.spawn_hog(&Hog::anon(256)).unwrap();
         assert_eq!(hog.wait().unwrap().signal(), Some(libc::SIGKILL));
-        let (p, first) = warning_and_kill(&w, &cg);
+        let (p, first) = warning_then_kill(&w, &cg);
         assert_eq!(p["reason"], "max");
         assert_eq!(p["limit_bytes"], 48 * MIB);
         assert!(p["usage_bytes"].as_u64().unwrap() + 4 * MIB >= 48 * MIB, "{p:#}");

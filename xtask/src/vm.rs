@@ -522,6 +522,9 @@ fn finish_kernel(
                 Err(_) => out.push_str(&format!("----- {stream}: (none) -----\n")),
             }
         }
+        if let Some(r) = res.filter(|r| !r.success()) {
+            relay_failures(&plan.guest, &item.name, results, r);
+        }
         match res {
             Some(r) => {
                 out.push_str(&format!(
@@ -606,4 +609,34 @@ fn finish_kernel(
         results.display()
     );
     Ok(summary)
+}
+
+/// Lines of a failed executable's output echoed to the host's stderr: enough for libtest's
+/// `failures:` section, so a CI log that keeps only stderr still names the test and its panic.
+const RELAYED_LINES: usize = 150;
+
+/// Echoes a failed executable's libtest `failures:` section (or, without one, its last lines).
+fn relay_failures(series: &str, name: &str, results: &Path, r: &ItemResult) {
+    let read = |stream: &str| {
+        std::fs::read(results.join(guest::ITEMS_DIR).join(format!("{name}.{stream}")))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    };
+    let stdout = read("stdout");
+    let text = match stdout.find("\nfailures:\n") {
+        Some(at) => stdout[at + 1..].to_owned(),
+        None => format!("{stdout}{}", read("stderr")),
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let shown = &lines[lines.len().saturating_sub(RELAYED_LINES)..];
+    eprintln!(
+        "vm-test: {series}: {name} failed (exit code {:?}, signal {:?}{}); its last {} lines:",
+        r.exit_code,
+        r.signal,
+        if r.timed_out { ", killed at the time budget" } else { "" },
+        shown.len()
+    );
+    for line in shown {
+        eprintln!("  [{series} {name}] {line}");
+    }
 }
