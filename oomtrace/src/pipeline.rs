@@ -13,13 +13,14 @@
 //!    [`history_sampler`] on a thread of its own);
 //! 6. attribution to a pod and container, and the pod spec's runtime settings when procfs
 //!    was too late ([`Attributor`]);
-//! 7. the explanation, read off the async runtime within a per-event [`Budget`], with the
+//! 7. the explanation, read within a per-event [`Budget`], with the
 //!    containers of the tasks the OOM killer weighed ([`crate::candidates`]);
 //! 8. incidents: the victims of one OOM held together ([`Incidents`]);
 //! 9. the sinks, in kill order.
 //!
-//! The counters are exported every second by a task of their own ([`export_counters`]), so
-//! they stay fresh while a stage is slow. On SIGINT/SIGTERM the reader empties the ring,
+//! Stages 2 to 9 run on one thread, in a runtime of their own ([`trace`]). The counters are
+//! exported every second by a task of their own ([`export_counters`]), so they stay fresh
+//! while a stage is slow. On SIGINT/SIGTERM the reader empties the ring,
 //! then the stages finish within [`EXIT_DEADLINE`]; what is left is counted and logged.
 use crate::cgroup_fs::Hierarchies;
 use crate::charge::KernelSymbols;
@@ -39,6 +40,7 @@ use anyhow::Result;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::runtime::Handle;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
@@ -210,12 +212,13 @@ fn forward(batch: &mut Vec<Record>, queue: &mpsc::Sender<Record>, stats: &Stats,
 
 /// Reads the kernel's counters and the stages' every second and hands them to `export`.
 fn export_counters(
+    rt: &Handle,
     counters: Arc<KernelCounters>,
     stats: Arc<Stats>,
     history: Arc<History>,
     mut export: impl FnMut(&Snapshot) + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+    rt.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
@@ -257,68 +260,80 @@ fn history_of(ev: &mut OomKill, history: &History) {
     ev.oom.history = samples.map(|s| crate::history::points(&s));
 }
 
-/// Stage 7: the explanation, read on the blocking pool and given up after its budget (the
-/// kill then goes out with the verdict and the victim's own row alone; the overrun is
-/// counted).
-async fn explain(
-    ev: &OomKill,
-    h: Option<&Hierarchies>,
-    budget: Budget,
-    stats: &Stats,
-) -> Option<crate::model::Explanation> {
-    let h = h?.clone();
+/// Stage 7: the explanation. The walk stops itself at the kill's budget; one cut short is
+/// counted (and said, for a node-wide OOM: those are rare, memcg overruns can come in storms).
+fn explain(ev: &OomKill, h: Option<&Hierarchies>, budget: Budget, stats: &Stats) -> Option<crate::model::Explanation> {
     let budget = budget.for_kill(ev);
-    let snapshot = ev.clone();
     let killed_at = ev.killed_at().unwrap_or_else(std::time::SystemTime::now);
-    let job = tokio::task::spawn_blocking(move || {
-        crate::explain::gather(&snapshot, &h, killed_at, budget)
-    });
-    // The walk stops itself at the budget; the margin is for one blocking read that hangs.
-    let node_wide = ev.oom.constraint == Some(crate::model::Constraint::Global);
-    // Node-wide OOMs are rare: each one whose candidates are partial is said (memcg overruns
-    // can come in storms, and are counted only).
-    let overran = || {
+    let (x, cut) = crate::explain::gather(ev, h?, killed_at, budget)?;
+    if cut {
         stats.explain_overruns.fetch_add(1, Relaxed);
-        if node_wide {
+        if ev.oom.constraint == Some(crate::model::Constraint::Global) {
             tracing::warn!("node-wide OOM (victim pid {:?}): the node's tasks were read only in part within {:?}", ev.victim.pid, budget.time);
         }
-    };
-    match tokio::time::timeout(budget.time * 2, job).await {
-        Ok(Ok(Some((x, cut)))) => {
-            if cut {
-                overran();
-            }
-            Some(x)
-        }
-        Ok(Ok(None)) => None,
-        Ok(Err(e)) => {
-            tracing::warn!("explaining a kill failed: {e}");
-            None
-        }
-        Err(_) => {
-            overran();
-            let victim: Vec<_> = crate::candidates::victim(ev).into_iter().collect();
-            Some(crate::model::Explanation {
-                tasks: crate::explain::victim_task(ev).into_iter().collect(),
-                candidates: crate::candidates::of(ev, &victim),
-                partial: true,
-                ..Default::default()
-            })
-        }
     }
+    Some(x)
 }
 
 /// Runs the tracer started by [`Tracer::start`] until SIGINT/SIGTERM or until the sink says
 /// stop. Announces on stderr that the programs are attached, so people and scripts know it
 /// is live. Callers start the tracer before the pod index, so that the start-up peak (the
 /// kernel BTF, the programs' load) is over before the pod list is decoded.
+///
+/// The stages run on this thread, taken out of the runtime, in a runtime of their own: a
+/// kill goes from stage to stage without waking another thread (each wake-up waits for a
+/// CPU, milliseconds on a node busy with the processes being killed), and a stage that
+/// blocks holds up no task of the daemon's. The ring reader and the counters' exporter stay
+/// on the daemon's runtime, so neither waits for a stage.
 pub async fn trace(
-    (tracer, counters): (Tracer, KernelCounters),
+    tracer: (Tracer, KernelCounters),
     attributor: &Attributor,
     sink: &mut dyn Sink,
     stats: Arc<Stats>,
     export: impl FnMut(&Snapshot) + Clone + Send + 'static,
 ) -> Result<()> {
+    let main = Handle::current();
+    tokio::task::block_in_place(|| {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let tail = rt.block_on(stages(&main, tracer, attributor, sink, stats.clone(), export.clone()))?;
+        drop(rt);
+        // Back in the daemon's runtime: the sinks' last deliveries (Events) run on it.
+        sink.finish(Instant::now() + FINISH);
+        tail.exporter.abort();
+        tail.stop_sampler.store(true, Relaxed);
+        // The reader detached the programs and emptied the rings: the counters are final.
+        let mut export = export;
+        if let Some(s) = export_once(&tail.counters, &stats, &tail.history, &mut export) {
+            tracing::info!(
+                "stopping: the kernel saw {} victims; {} emitted, lost {} in the kernel, {} in the queue, {} at exit",
+                s.kernel.seen,
+                s.emitted,
+                s.kernel.lost,
+                s.queue_lost_kills,
+                s.exit_lost,
+            );
+        }
+        Ok(())
+    })
+}
+
+/// What outlives the stages until the daemon's last export.
+struct Tail {
+    exporter: tokio::task::JoinHandle<()>,
+    stop_sampler: Arc<std::sync::atomic::AtomicBool>,
+    counters: Arc<KernelCounters>,
+    history: Arc<History>,
+}
+
+/// Stages 2 to 9, until a stop; the reader and the exporter are spawned on `main`.
+async fn stages(
+    main: &Handle,
+    (tracer, counters): (Tracer, KernelCounters),
+    attributor: &Attributor,
+    sink: &mut dyn Sink,
+    stats: Arc<Stats>,
+    export: impl FnMut(&Snapshot) + Send + 'static,
+) -> Result<Tail> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let hierarchies = Hierarchies::detect()
@@ -328,7 +343,7 @@ pub async fn trace(
     let procfs = victim_procfs::Reader::new(hierarchies.clone());
     let mut domains = DomainTracker::new(hierarchies.clone());
     let decoder = Decoder::new(node.clone());
-    let mut symbols = tokio::task::block_in_place(|| KernelSymbols::load(tracer.charge_stacks));
+    let mut symbols = KernelSymbols::load(tracer.charge_stacks);
     let mut incidents = Incidents::default();
     let history = Arc::new(History::default());
     let stop_sampler = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -338,9 +353,9 @@ pub async fn trace(
 
     let (tx, mut rx) = mpsc::channel(QUEUE);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let reader = tokio::spawn(read_ring(tracer, tx, stats.clone(), history.clone(), stop_rx));
+    let reader = main.spawn(read_ring(tracer, tx, stats.clone(), history.clone(), stop_rx));
     let counters = Arc::new(counters);
-    let exporter = export_counters(counters.clone(), stats.clone(), history.clone(), export.clone());
+    let exporter = export_counters(main, counters.clone(), stats.clone(), history.clone(), export);
     let budget = Budget::default();
     let mut lost_attached = 0u64; // kills lost already reported on an event
     let mut exit_by: Option<Instant> = None;
@@ -360,10 +375,10 @@ pub async fn trace(
                     let lost = lost_now.saturating_sub(lost_attached);
                     let mut ev = decoder.decode(&raw, seen, cgroup, domain, lost);
                     lost_attached = lost_now;
-                    ev.oom.charge = tokio::task::block_in_place(|| symbols.charge(&raw, user_stack));
+                    ev.oom.charge = symbols.charge(&raw, user_stack);
                     history_of(&mut ev, &history);
                     attributor.enrich(&mut ev);
-                    let mut details = explain(&ev, hierarchies.as_ref(), budget, &stats).await;
+                    let mut details = explain(&ev, hierarchies.as_ref(), budget, &stats);
                     for c in details.iter_mut().flat_map(|x| x.candidates.iter_mut()) {
                         c.container = c.cgroup.as_deref().and_then(|p| attributor.for_path(p, &node)).and_then(|k| k.container);
                     }
@@ -375,7 +390,7 @@ pub async fn trace(
                 Some(Record::Pressure(raw)) => {
                     if let Some(mut p) = crate::pressure::decode(&raw, &node, decoder.page_size()) {
                         p.k8s = attributor.for_path(&p.cgroup, &node);
-                        tokio::task::block_in_place(|| sink.pressure(&p));
+                        sink.pressure(&p);
                     }
                 }
                 None => break 'run, // the reader emptied the ring after a stop
@@ -387,7 +402,7 @@ pub async fn trace(
         }
         for ev in ready {
             stats.emitted.fetch_add(1, Relaxed);
-            if !tokio::task::block_in_place(|| sink.kill(&ev)) {
+            if !sink.kill(&ev) {
                 stopped = true;
                 break 'run;
             }
@@ -396,7 +411,7 @@ pub async fn trace(
     if !stopped {
         for ev in incidents.flush() {
             stats.emitted.fetch_add(1, Relaxed);
-            if !tokio::task::block_in_place(|| sink.kill(&ev)) {
+            if !sink.kill(&ev) {
                 break;
             }
         }
@@ -418,23 +433,8 @@ pub async fn trace(
         stats.exit_lost.fetch_add(left, Relaxed);
         tracing::warn!("{left} kills still queued at the exit deadline were not delivered");
     }
-    tokio::task::block_in_place(|| sink.finish(Instant::now() + FINISH));
-    exporter.abort();
-    stop_sampler.store(true, Relaxed);
-    drop(sampler); // detached: it sees `stop` within a second
-    // The reader detached the programs and emptied the rings: the counters are final.
-    let mut export = export;
-    if let Some(s) = export_once(&counters, &stats, &history, &mut export) {
-        tracing::info!(
-            "stopping: the kernel saw {} victims; {} emitted, lost {} in the kernel, {} in the queue, {} at exit",
-            s.kernel.seen,
-            s.emitted,
-            s.kernel.lost,
-            s.queue_lost_kills,
-            s.exit_lost,
-        );
-    }
-    Ok(())
+    drop(sampler); // detached: it sees `stop_sampler` within a second
+    Ok(Tail { exporter, stop_sampler, counters, history })
 }
 
 /// Asks the reader to empty the ring and stop; returns when the stages must be done.
