@@ -507,23 +507,25 @@ fn finish_kernel(
             item.program.display(),
             item.args.join(" ")
         ));
-        for stream in ["stdout", "stderr"] {
+        let [stdout, stderr] = ["stdout", "stderr"].map(|stream| {
             let f = results
                 .join(guest::ITEMS_DIR)
                 .join(format!("{}.{stream}", item.name));
-            match std::fs::read(&f) {
-                Ok(b) => {
+            let text = std::fs::read(&f).ok().map(|b| String::from_utf8_lossy(&b).into_owned());
+            match &text {
+                Some(t) => {
                     out.push_str(&format!("----- {stream} -----\n"));
-                    out.push_str(&String::from_utf8_lossy(&b));
-                    if !b.ends_with(b"\n") && !b.is_empty() {
+                    out.push_str(t);
+                    if !t.ends_with('\n') && !t.is_empty() {
                         out.push('\n');
                     }
                 }
-                Err(_) => out.push_str(&format!("----- {stream}: (none) -----\n")),
+                None => out.push_str(&format!("----- {stream}: (none) -----\n")),
             }
-        }
+            text.unwrap_or_default()
+        });
         if let Some(r) = res.filter(|r| !r.success()) {
-            relay_failures(&plan.guest, &item.name, results, r);
+            relay_failures(&plan.guest, &item.name, &stdout, &stderr, r);
         }
         match res {
             Some(r) => {
@@ -616,16 +618,10 @@ fn finish_kernel(
 const RELAYED_LINES: usize = 150;
 
 /// Echoes a failed executable's libtest `failures:` section (or, without one, its last lines).
-fn relay_failures(series: &str, name: &str, results: &Path, r: &ItemResult) {
-    let read = |stream: &str| {
-        std::fs::read(results.join(guest::ITEMS_DIR).join(format!("{name}.{stream}")))
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
-    };
-    let stdout = read("stdout");
+fn relay_failures(series: &str, name: &str, stdout: &str, stderr: &str, r: &ItemResult) {
     let text = match stdout.find("\nfailures:\n") {
         Some(at) => stdout[at + 1..].to_owned(),
-        None => format!("{stdout}{}", read("stderr")),
+        None => format!("{stdout}{stderr}"),
     };
     let lines: Vec<&str> = text.lines().collect();
     let shown = &lines[lines.len().saturating_sub(RELAYED_LINES)..];
