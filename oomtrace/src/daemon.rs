@@ -131,8 +131,8 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
     let tracer = crate::tracer::Tracer::start(&args.hooks.options())?;
     let client = args.k8s.client().await?;
     let attributor = args.k8s.attributor(client.clone());
-    let metrics = Arc::new(Metrics::new());
     let stats = Arc::new(Stats::default());
+    let metrics = Arc::new(Metrics::new().with_stage_seconds(stats.stage_seconds.clone()));
     let health = Arc::new(Health {
         attached: AtomicBool::new(false),
         stats: stats.clone(),

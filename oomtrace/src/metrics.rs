@@ -5,6 +5,7 @@
 //! under `namespace="_other_"` (and the overflow itself is counted), so a node that churns
 //! through thousands of pods cannot grow the scrape without bound.
 use crate::model::{Constraint, OomKill};
+use crate::pipeline::{StageLabels, StageSeconds};
 use prometheus_client::encoding::{text::encode, EncodeLabelSet};
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
 use prometheus_client::registry::Registry;
@@ -45,14 +46,6 @@ pub struct PressureLabels {
     pub container: String,
     /// `max` or `high`.
     pub reason: String,
-}
-
-/// Where a record was lost: `kernel` (ring buffer full), `queue` (the queue behind the ring
-/// reader full, or still queued at the exit deadline), `output` (stdout write failed),
-/// `k8s_event` (Event not published).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StageLabels {
-    pub stage: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -245,6 +238,17 @@ impl Metrics {
             seen: Mutex::new(HashSet::new()),
             totals: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Serves the stages' time per kill (kept by the pipeline's `Stats`, which the stages
+    /// update without going through the sinks).
+    pub fn with_stage_seconds(mut self, stages: StageSeconds) -> Self {
+        self.registry.register(
+            "kill_stage_duration_seconds",
+            "Time an OOM kill spent in each stage of the daemon before its outputs (queue: from the kill until taken)",
+            stages,
+        );
+        self
     }
 
     /// Records the hooks in use once the programs are attached.

@@ -316,6 +316,11 @@ fn a_thousand_idle_connections_do_not_stop_the_scrape() {
     assert!(started.elapsed() < Duration::from_secs(8), "closed after {:?}", started.elapsed());
 }
 
+/// The explanation is the one stage that walks the OOM cgroup's tree: its budget (100 ms,
+/// 1 024 directories) must hold with 10 001 cgroups below, where a full walk takes seconds
+/// (60 ms per 1 024 directories here, 10 times that under emulation). Measured by the
+/// daemon's own per-stage histogram: the end-to-end time also holds the victim's procfs read,
+/// which waits on the kernel tearing the victim down and has nothing to do with the tree.
 #[test]
 fn ten_thousand_empty_child_cgroups_do_not_delay_the_next_kill() {
     require_root_and_btf();
@@ -330,9 +335,7 @@ fn ten_thousand_empty_child_cgroups_do_not_delay_the_next_kill() {
     let hog_cg = TestCgroup::handle(&hog_cg).unwrap();
     let w = Watch::start_cmd(&["daemon", "-v", "--listen", "127.0.0.1:0", "--no-kubernetes"], &[], &[]);
     let addr = listen_addr(&w);
-    // A first kill in a plain cgroup: the first run of the daemon's per-kill code costs more
-    // than any later one (under emulation, each code path's first translation takes hundreds
-    // of milliseconds), and that is not what this test measures.
+    // A first kill in a plain cgroup, for a histogram that holds a kill with no tree below.
     let plain = TestCgroup::new("oomtrace-wide-baseline").unwrap();
     plain.set_limit(32 * MIB).unwrap();
     let mut hog = plain.spawn_hog(&Hog::anon(64)).unwrap();
@@ -343,19 +346,38 @@ fn ten_thousand_empty_child_cgroups_do_not_delay_the_next_kill() {
         let mut hog = hog_cg.spawn_hog(&Hog::anon(512)).unwrap();
         let pid = hog.id();
         assert_eq!(hog.wait().unwrap().signal(), Some(libc::SIGKILL));
-        let died = Instant::now();
         let evs = w.collect(1, Duration::from_secs(30), victim_is(pid));
-        let took = died.elapsed();
-        eprintln!("round {round}: the event came {took:?} after the kill");
         assert_eq!(evs.len(), 1, "round {round}: {}", w.stderr_text());
         assert_eq!(evs[0]["oom"]["cgroup"], cg.rel.as_str());
-        // The explanation stopped at its budget (100 ms, 1 024 directories) instead of
-        // walking 10 001 cgroups; the victim is still listed, with its RSS at the kill.
-        assert!(took < Duration::from_millis(600), "round {round}: the event came {took:?} after the kill");
+        // Cut short, the explanation still lists the victim, with its RSS at the kill.
         let tasks = evs[0]["oom"]["tasks"].as_array().expect("tasks");
         assert!(tasks.iter().any(|t| t["pid"] == pid), "{:#}", evs[0]);
     }
     wait_for("the cut-short explanations to be counted", || {
         sample(&http_get(&addr, "/metrics").1, "oomtrace_explain_overruns_total").is_some_and(|v| v >= 2.0)
     });
+    let metrics = http_get(&addr, "/metrics").1;
+    let explain = |le: &str| stage_bucket(&metrics, "explain", le);
+    for stage in ["queue", "victim", "enrich", "explain"] {
+        let buckets: Vec<String> = ["0.004", "0.032", "0.128", "0.512", "+Inf"]
+            .iter()
+            .map(|le| format!("≤{le} s: {:?}", stage_bucket(&metrics, stage, le)))
+            .collect();
+        eprintln!("{stage}: {}", buckets.join(", "));
+    }
+    assert_eq!(explain("+Inf"), Some(3.0), "{metrics}");
+    // 5 times the budget: the last directory read and the tasks already listed finish after
+    // it, and a walk of every cgroup would take 10 times as long.
+    assert_eq!(explain("0.512"), Some(3.0), "an explanation overran its budget:\n{metrics}");
+}
+
+/// The count of `oomtrace_kill_stage_duration_seconds` observations of `stage` at most `le`.
+fn stage_bucket(metrics: &str, stage: &str, le: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        let rest = l.strip_prefix("oomtrace_kill_stage_duration_seconds_bucket{")?;
+        let (labels, value) = rest.split_once("} ")?;
+        let mut labels = labels.split(',');
+        let ours = labels.clone().any(|kv| kv == format!("stage=\"{stage}\""));
+        (ours && labels.any(|kv| kv == format!("le=\"{le}\""))).then(|| value.trim().parse().ok())?
+    })
 }
