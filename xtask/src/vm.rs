@@ -125,8 +125,9 @@ pub struct Args {
 
     /// Time limit for booting and running one kernel's tests, e.g. 20m, 90s, 1h (bare number:
     /// seconds). A guest that has not finished by then is killed and counts as a failure. A
-    /// full suite takes 13 to 15 min on 5.10 under TCG: the default leaves room for a busy host.
-    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    /// full suite takes 22 to 28 min per guest under TCG, two guests at once on 2 cores: the
+    /// default leaves room for a busy host.
+    #[arg(long, default_value = "45m", value_parser = parse_duration)]
     timeout: Duration,
 
     /// Run the built-in shell smoke test (cgroup v2 memcg OOM kill, oom tracepoint, BTF, bpf())
