@@ -130,6 +130,7 @@ impl Stats {
         self.reader_ran_ms.store(ms, Relaxed);
     }
 
+    /// One kill's time in `stage`.
     fn took(&self, stage: &'static str, d: Duration) {
         self.stage_seconds.get_or_create(&StageLabels { stage }).observe(d.as_secs_f64());
     }
@@ -413,8 +414,9 @@ async fn stages(
                     }
                     crate::explain::apply(&mut ev, details);
                     ev.fill_resource();
-                    time_spent(&ev, &stats, [taken, decoded, enriched, Instant::now()]);
-                    ready.extend(incidents.push(ev, Instant::now()));
+                    let explained = Instant::now();
+                    time_spent(&ev, &stats, [taken, decoded, enriched, explained]);
+                    ready.extend(incidents.push(ev, explained));
                 }
                 Some(Record::InvocationEnd(end)) => ready.extend(incidents.invocation_end(end.seq)),
                 Some(Record::Pressure(raw)) => {
@@ -475,15 +477,13 @@ fn time_spent(ev: &OomKill, stats: &Stats, [taken, decoded, enriched, explained]
     if let Some(q) = queued {
         stats.took("queue", q);
     }
-    stats.took("victim", decoded - taken);
-    stats.took("enrich", enriched - decoded);
-    stats.took("explain", explained - enriched);
+    let [victim, enrich, explain] = [decoded - taken, enriched - decoded, explained - enriched];
+    stats.took("victim", victim);
+    stats.took("enrich", enrich);
+    stats.took("explain", explain);
     tracing::debug!(
-        "victim pid {:?}: taken {queued:?} after the kill; victim and decode {:?}, enrichment {:?}, explanation {:?}",
+        "victim pid {:?}: taken {queued:?} after the kill; victim and decode {victim:?}, enrichment {enrich:?}, explanation {explain:?}",
         ev.victim.pid,
-        decoded - taken,
-        enriched - decoded,
-        explained - enriched,
     );
 }
 

@@ -117,12 +117,13 @@ fn anonymous_fault_of_another_task_names_it_and_its_user_stack() {
     let _ = grower.wait();
     assert_eq!((&e["trigger"]["comm"], &e["trigger"]["tgid"]), (&"grower".into(), &grower_pid.into()), "{e:#}");
     let v = e["verdict"].as_str().unwrap();
-    if charged_a_page_table(&stack(&e)) && c["kind"] == "slab" {
+    let s = stack(&e);
+    if charged_a_page_table(&s) && c["kind"] == "slab" {
         assert!(v.contains("a kernel allocation (slab) for grower"), "{v}");
     } else {
         assert_eq!(c["kind"], "anon_fault", "{c:#}");
         // 5.10 inlines do_anonymous_page into the fault path.
-        assert!(stack(&e).iter().any(|f| *f == "do_anonymous_page" || *f == "handle_mm_fault"), "{c:#}");
+        assert!(s.iter().any(|f| *f == "do_anonymous_page" || *f == "handle_mm_fault"), "{c:#}");
         assert!(v.contains(&format!("an anonymous-memory page fault by grower (pid {grower_pid}) triggered it")), "{v}");
     }
     if grower_died {

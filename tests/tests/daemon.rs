@@ -373,11 +373,5 @@ fn ten_thousand_empty_child_cgroups_do_not_delay_the_next_kill() {
 
 /// The count of `oomtrace_kill_stage_duration_seconds` observations of `stage` at most `le`.
 fn stage_bucket(metrics: &str, stage: &str, le: &str) -> Option<f64> {
-    metrics.lines().find_map(|l| {
-        let rest = l.strip_prefix("oomtrace_kill_stage_duration_seconds_bucket{")?;
-        let (labels, value) = rest.split_once("} ")?;
-        let mut labels = labels.split(',');
-        let ours = labels.clone().any(|kv| kv == format!("stage=\"{stage}\""));
-        (ours && labels.any(|kv| kv == format!("le=\"{le}\""))).then(|| value.trim().parse().ok())?
-    })
+    sample(metrics, &format!("oomtrace_kill_stage_duration_seconds_bucket{{le=\"{le}\",stage=\"{stage}\"}}"))
 }
