@@ -7,7 +7,8 @@
 use crate::model::{Charge, ChargeKind};
 use crate::kallsyms::KernelFunctions;
 use blazesym::symbolize::source::{Process, Source};
-use blazesym::symbolize::{Input, Symbolized, Symbolizer};
+use blazesym::symbolize::{Input, Sym, Symbolized, Symbolizer};
+use blazesym::ErrorKind;
 use oomtrace_common::{valid, OomEvent, KSTACK_DEPTH, USTACK_DEPTH};
 
 /// Kernel frames reported below the OOM killer's own.
@@ -81,34 +82,74 @@ fn is_write(frames: &[&str]) -> bool {
 /// The charging task's user stack as symbolized when the kill was seen, or why it was not.
 pub type UserStack = Result<Vec<String>, String>;
 
-/// Symbolizes the charging task's user stack while its memory map still exists.
-pub fn user_stack(raw: &OomEvent) -> Option<UserStack> {
-    if raw.valid & valid::USTACK == 0 || raw.trigger_tgid == 0 {
-        return None; // a kernel thread, or stacks not captured
+/// Symbolizes user stacks with one long-lived symbolizer. Built per kill, parsing each
+/// binary's symbol table and freeing it again took a third of the stages' CPU in a storm of
+/// kills of one workload, CPU that the stages then waited for. blazesym opens a binary again
+/// when its inode, size or mtime changed, so a cached binary is never the wrong one.
+pub struct UserSymbols {
+    symbolizer: Symbolizer,
+    /// Stacks symbolized, and binaries named, since the cache was last emptied.
+    stacks: usize,
+    binaries: std::collections::HashSet<std::ffi::OsString>,
+}
+
+/// The cache starts over after this many stacks, or sooner once it has named [`BINARIES`]
+/// binaries, so that a node running many different programs does not grow it without bound.
+const STACKS: usize = 256;
+const BINARIES: usize = 32;
+
+impl Default for UserSymbols {
+    fn default() -> Self {
+        Self { symbolizer: names_only(), stacks: 0, binaries: Default::default() }
     }
-    let addrs = &raw.ustack[..(raw.ustack_len as usize).min(USTACK_DEPTH)];
-    let mut src = Process::new(raw.trigger_tgid.into());
-    src.debug_syms = false;
-    // /proc/<pid>/map_files needs CAP_SYS_ADMIN; the mapped files' paths do without.
-    src.map_files = false;
-    let symbolizer = names_only();
-    let syms = match symbolizer.symbolize(&Source::Process(src), Input::AbsAddr(addrs)) {
-        Ok(s) => s,
-        Err(e) => return Some(Err(format!("the task's memory map could not be read ({e}); it may have exited"))),
-    };
-    match syms.first() {
-        Some(Symbolized::Sym(_)) => {}
-        Some(Symbolized::Unknown(blazesym::symbolize::Reason::Unmapped)) => {
-            return Some(Err("the faulting address was no longer mapped: the task's memory was torn down (it was killed) before it could be read".into()))
+}
+
+impl UserSymbols {
+    /// The charging task's user stack, while its memory map still exists.
+    pub fn user_stack(&mut self, raw: &OomEvent) -> Option<UserStack> {
+        if raw.valid & valid::USTACK == 0 || raw.trigger_tgid == 0 {
+            return None; // a kernel thread, or stacks not captured
         }
-        Some(Symbolized::Unknown(why)) => {
-            return Some(Err(format!("no symbol for the faulting address ({why}): a stripped binary or JIT-compiled code")))
+        if self.stacks >= STACKS || self.binaries.len() >= BINARIES {
+            *self = Self::default();
         }
-        None => return None,
+        self.stacks += 1;
+        let addrs = &raw.ustack[..(raw.ustack_len as usize).min(USTACK_DEPTH)];
+        let mut src = Process::new(raw.trigger_tgid.into());
+        src.debug_syms = false;
+        // The mapped files themselves (`/proc/<pid>/map_files`). The paths in the memory map
+        // would be opened in this process's mount namespace, where a path can name another
+        // file (a container's binary, or one replaced since the task started) and give
+        // another program's names.
+        src.map_files = true;
+        let syms = match self.symbolizer.symbolize(&Source::Process(src), Input::AbsAddr(addrs)) {
+            Ok(s) => s,
+            Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+                return Some(Err(format!("the task's mapped files could not be opened ({e}): that takes CAP_CHECKPOINT_RESTORE (or CAP_SYS_ADMIN), and the task's user or CAP_SYS_PTRACE")))
+            }
+            Err(e) => return Some(Err(format!("the task's memory map could not be read ({e}); it may have exited"))),
+        };
+        for s in &syms {
+            if let Symbolized::Sym(Sym { module: Some(m), .. }) = s {
+                if !self.binaries.contains::<std::ffi::OsStr>(m) {
+                    self.binaries.insert(m.to_os_string());
+                }
+            }
+        }
+        match syms.first() {
+            Some(Symbolized::Sym(_)) => {}
+            Some(Symbolized::Unknown(blazesym::symbolize::Reason::Unmapped)) => {
+                return Some(Err("the faulting address was no longer mapped: the task's memory was torn down (it was killed) before it could be read".into()))
+            }
+            Some(Symbolized::Unknown(why)) => {
+                return Some(Err(format!("no symbol for the faulting address ({why}): a stripped binary or JIT-compiled code")))
+            }
+            None => return None,
+        }
+        // Without frame pointers the frames after the first are guesses: keep them only while
+        // they resolve.
+        Some(Ok(syms.iter().map_while(|s| name_of(s).map(str::to_owned)).collect()))
     }
-    // Without frame pointers the frames after the first are guesses: keep them only while
-    // they resolve.
-    Some(Ok(syms.iter().map_while(|s| name_of(s).map(str::to_owned)).collect()))
 }
 
 /// A symbolizer that gives function names only: no source lines, no inlined frames.
@@ -204,6 +245,36 @@ pub fn phrase(c: &Charge, trigger: &str, trigger_is_victim: bool, scope: &str) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// This process's own stack, named through one symbolizer many times over, across its
+    /// starting over: the same name every time.
+    #[test]
+    fn user_stacks_are_named_alike_through_the_cache() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIP: /proc/self/map_files takes CAP_CHECKPOINT_RESTORE; run as root");
+            return;
+        }
+        #[inline(never)]
+        fn faulting_here() -> u64 {
+            std::hint::black_box(faulting_here as *const () as u64)
+        }
+        let Some(crate::record::Record::Victim(mut raw)) =
+            crate::record::record_from_bytes(&crate::record::victim_record(std::mem::size_of::<OomEvent>()))
+        else {
+            panic!("a victim record")
+        };
+        raw.valid = valid::USTACK;
+        raw.trigger_tgid = std::process::id();
+        raw.ustack[0] = faulting_here() + 1;
+        raw.ustack_len = 1;
+        let mut symbols = UserSymbols::default();
+        for i in 0..=STACKS {
+            let stack = symbols.user_stack(&raw).expect("a stack").expect("named");
+            assert!(stack[0].contains("faulting_here"), "stack {i}: {stack:?}");
+        }
+        assert_eq!((symbols.stacks, symbols.binaries.len()), (1, 1), "started over after {STACKS} stacks");
+    }
 
     /// Stacks as this kernel (6.18) gave them at `oom:mark_victim` in a 32 MiB memcg.
     #[test]

@@ -47,6 +47,9 @@ use tokio::runtime::Handle;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
+/// A record, and when the ring reader took it from the ring.
+type Queued = (Record, Instant);
+
 /// Records the queue between the ring reader and the stages holds (the ring holds ~950).
 pub const QUEUE: usize = 16 * 1024;
 /// From SIGTERM until the stages must be done; the sinks then get [`FINISH`] to deliver what
@@ -70,9 +73,10 @@ pub trait Sink {
 }
 
 /// A stage of the capture path, as a metric label: where a record was lost (`kernel`,
-/// `queue`, `output`, `k8s_event`), or where a kill's time went (`queue`: from the kill until
-/// the stages took it; `victim`: its procfs and the user stack, and decode; `enrich`: the
-/// kernel stack, history and attribution; `explain`: the cgroup and task reads).
+/// `queue`, `output`, `k8s_event`), or where a kill's time went (`ring`: from the kill until
+/// the ring reader read it, the kernel's wake-up and the reader's wait for a CPU; `queue`:
+/// until the stages took it; `victim`: its procfs and the user stack, and decode; `enrich`:
+/// the kernel stack, history and attribution; `explain`: the cgroup and task reads).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabels {
     pub stage: &'static str,
@@ -179,7 +183,7 @@ impl Snapshot {
 /// returns how many kill records the stages no longer took.
 async fn read_ring(
     mut tracer: Tracer,
-    queue: mpsc::Sender<Record>,
+    queue: mpsc::Sender<Queued>,
     stats: Arc<Stats>,
     history: Arc<History>,
     mut stop: watch::Receiver<bool>,
@@ -203,11 +207,12 @@ async fn read_ring(
     tracer.drain_now(&mut batch);
     stats.malformed.store(tracer.malformed, Relaxed);
     let mut unsent = 0;
+    let read = Instant::now();
     for rec in batch.drain(..) {
         if matches!(rec, Record::Victim(_)) {
             history.kill_queued();
         }
-        if let Err(mpsc::error::SendError(rec)) = queue.send(rec).await {
+        if let Err(mpsc::error::SendError((rec, _))) = queue.send((rec, read)).await {
             unsent += u64::from(matches!(rec, Record::Victim(_)));
         }
     }
@@ -216,13 +221,14 @@ async fn read_ring(
 }
 
 /// Queues `batch` without waiting; a full queue drops the record and counts it by kind.
-fn forward(batch: &mut Vec<Record>, queue: &mpsc::Sender<Record>, stats: &Stats, history: &History) {
+fn forward(batch: &mut Vec<Record>, queue: &mpsc::Sender<Queued>, stats: &Stats, history: &History) {
+    let read = Instant::now();
     for rec in batch.drain(..) {
         if matches!(rec, Record::Victim(_)) {
             history.kill_queued();
         }
-        if let Err(mpsc::error::TrySendError::Full(rec) | mpsc::error::TrySendError::Closed(rec)) =
-            queue.try_send(rec)
+        if let Err(mpsc::error::TrySendError::Full((rec, _)) | mpsc::error::TrySendError::Closed((rec, _))) =
+            queue.try_send((rec, read))
         {
             match rec {
                 Record::Victim(_) => {
@@ -367,7 +373,7 @@ async fn stages(
         .inspect_err(|e| tracing::warn!("cannot read cgroup mounts: {e:#}"))
         .ok();
     let node = crate::node_name();
-    let procfs = victim_procfs::Reader::new(hierarchies.clone());
+    let mut procfs = victim_procfs::Reader::new(hierarchies.clone());
     let mut domains = DomainTracker::new(hierarchies.clone());
     let decoder = Decoder::new(node.clone());
     let mut symbols = KernelSymbols::load(tracer.charge_stacks);
@@ -392,7 +398,7 @@ async fn stages(
         let mut ready = Vec::new();
         tokio::select! {
             rec = rx.recv() => match rec {
-                Some(Record::Victim(raw)) => {
+                Some((Record::Victim(raw), read)) => {
                     let taken = Instant::now();
                     let mut seen = procfs.read(&raw);
                     let user_stack = seen.user_stack.take();
@@ -415,11 +421,11 @@ async fn stages(
                     crate::explain::apply(&mut ev, details);
                     ev.fill_resource();
                     let explained = Instant::now();
-                    time_spent(&ev, &stats, [taken, decoded, enriched, explained]);
+                    time_spent(&ev, &stats, [read, taken, decoded, enriched, explained]);
                     ready.extend(incidents.push(ev, explained));
                 }
-                Some(Record::InvocationEnd(end)) => ready.extend(incidents.invocation_end(end.seq)),
-                Some(Record::Pressure(raw)) => {
+                Some((Record::InvocationEnd(end), _)) => ready.extend(incidents.invocation_end(end.seq)),
+                Some((Record::Pressure(raw), _)) => {
                     if let Some(mut p) = crate::pressure::decode(&raw, &node, decoder.page_size()) {
                         p.k8s = attributor.for_path(&p.cgroup, &node);
                         sink.pressure(&p);
@@ -454,7 +460,7 @@ async fn stages(
     rx.close();
     let mut left = 0;
     while let Ok(rec) = rx.try_recv() {
-        left += u64::from(matches!(rec, Record::Victim(_)));
+        left += u64::from(matches!(rec, (Record::Victim(_), _)));
     }
     left += tokio::time::timeout(FINISH, reader)
         .await
@@ -469,20 +475,21 @@ async fn stages(
     Ok(Tail { exporter, stop_sampler, counters, history })
 }
 
-/// Records where a kill's time went, from the instants it was taken from the queue, decoded,
-/// enriched and explained; logged at debug level (`-vv`) too.
-fn time_spent(ev: &OomKill, stats: &Stats, [taken, decoded, enriched, explained]: [Instant; 4]) {
+/// Records where a kill's time went, from the instants the ring reader read it, the stages
+/// took it from the queue, decoded, enriched and explained it; logged at debug level (`-vv`).
+fn time_spent(ev: &OomKill, stats: &Stats, [read, taken, decoded, enriched, explained]: [Instant; 5]) {
     // The kernel's clock: unknown when the kill time is (not a wrong duration).
-    let queued = ev.killed_at().and_then(|t| t.elapsed().ok()).map(|d| d.saturating_sub(taken.elapsed()));
-    if let Some(q) = queued {
-        stats.took("queue", q);
+    let ring = ev.killed_at().and_then(|t| t.elapsed().ok()).map(|d| d.saturating_sub(read.elapsed()));
+    if let Some(r) = ring {
+        stats.took("ring", r);
     }
-    let [victim, enrich, explain] = [decoded - taken, enriched - decoded, explained - enriched];
+    let [queue, victim, enrich, explain] = [taken - read, decoded - taken, enriched - decoded, explained - enriched];
+    stats.took("queue", queue);
     stats.took("victim", victim);
     stats.took("enrich", enrich);
     stats.took("explain", explain);
     tracing::debug!(
-        "victim pid {:?}: taken {queued:?} after the kill; victim and decode {victim:?}, enrichment {enrich:?}, explanation {explain:?}",
+        "victim pid {:?}: read {ring:?} after the kill, queued {queue:?}; victim and decode {victim:?}, enrichment {enrich:?}, explanation {explain:?}",
         ev.victim.pid,
     );
 }

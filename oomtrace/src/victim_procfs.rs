@@ -22,7 +22,7 @@ pub struct Snapshot {
     /// The victim's unified and memory cgroups, read only when the record has neither.
     pub unified: Option<ProcCgroup>,
     pub memory: Option<ProcCgroup>,
-    /// The charging task's user stack (see `charge::user_stack`).
+    /// The charging task's user stack (see [`crate::charge::UserSymbols`]).
     pub user_stack: Option<crate::charge::UserStack>,
 }
 
@@ -31,20 +31,21 @@ pub struct Reader {
     /// This process sees the kernel's pids: in a pod's pid namespace `/proc/<pid>` is another
     /// process, whose command line and cgroups would be reported as the victim's.
     host_pids: bool,
+    stacks: crate::charge::UserSymbols,
 }
 
 impl Reader {
     pub fn new(hierarchies: Option<Hierarchies>) -> Self {
-        Self { hierarchies, host_pids: crate::runtime::procfs::host_pids() }
+        Self { hierarchies, host_pids: crate::runtime::procfs::host_pids(), stacks: Default::default() }
     }
 
-    pub fn read(&self, raw: &OomEvent) -> Snapshot {
+    pub fn read(&mut self, raw: &OomEvent) -> Snapshot {
         if !self.host_pids {
             return Snapshot::default();
         }
         let mut seen = self.victim(raw);
         // After the victim's command line, which goes first when the trigger is the victim.
-        seen.user_stack = crate::charge::user_stack(raw);
+        seen.user_stack = self.stacks.user_stack(raw);
         seen
     }
 

@@ -271,7 +271,12 @@ impl Hog {
     }
 
     pub fn command(&self) -> Command {
-        let mut c = Command::new(hog_binary());
+        self.command_at(&hog_binary())
+    }
+
+    /// The hog run from `binary`, a copy of [`hog_binary`].
+    pub fn command_at(&self, binary: &Path) -> Command {
+        let mut c = Command::new(binary);
         c.arg(self.mib.to_string())
             .arg(match self.kind {
                 HogKind::Anon => "anon",

@@ -5,9 +5,9 @@
 //! and reclaimed rather than OOM-killed for), a THP fault OOM (the fault falls back to small
 //! pages when the huge charge fails) and a slab OOM from dentries (reclaimable). Slab is
 //! produced with kernel objects nothing reclaims: VMAs.
-use oomtrace_tests::cgroup::{Hog, HogKind, TestCgroup};
+use oomtrace_tests::cgroup::{hog_binary, Hog, HogKind, TestCgroup};
 use oomtrace_tests::oomtrace_proc::{in_cgroup, kill_in, Watch};
-use oomtrace_tests::require_root_and_btf;
+use oomtrace_tests::{require_root_and_btf, scratch_dir};
 use serde_json::Value;
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
@@ -79,6 +79,10 @@ fn each_kernel_path_is_named_with_its_stack() {
 
 /// A surviving trigger: the kill of a big resident answered a small process's page fault, whose
 /// user stack is still there to be symbolized (the test binaries keep their symbols).
+///
+/// The grower runs from a copy of the hog that is replaced on disk once it has started (as an
+/// upgrade does, or as a container's path names another file on the host): its stack is named
+/// from the file it runs, never from the one at its path now.
 #[test]
 fn anonymous_fault_of_another_task_names_it_and_its_user_stack() {
     require_root_and_btf();
@@ -87,12 +91,18 @@ fn anonymous_fault_of_another_task_names_it_and_its_user_stack() {
     cg.set_limit(48 * MIB).unwrap();
     let mut resident = cg.spawn_hog(&Hog { hold_ms: 60_000, ..Hog::anon(36) }).unwrap();
     cg.wait_for_usage(36 * MIB);
+    let binary = Removed(scratch_dir().join(format!("oomtrace-charge-grower-{}", std::process::id())));
+    let binary = &binary.0;
+    std::fs::copy(hog_binary(), binary).unwrap();
     // It holds what it grew until the test has read the kill, so its memory map outlives
     // the daemon's read however slow the machine.
-    let mut grower = Hog { hold_ms: 120_000, lock_code: true, ..Hog::anon(20) }.command();
+    let mut grower = Hog { hold_ms: 120_000, lock_code: true, ..Hog::anon(20) }.command_at(binary);
     grower.env("OOMTRACE_HOG_COMM", "grower");
     let mut grower = cg.spawn(&mut grower).unwrap();
     let grower_pid = grower.id();
+    // Mapped since the spawn returned (after the exec); now another program is at its path.
+    std::fs::remove_file(binary).unwrap();
+    std::fs::copy(std::env::current_exe().unwrap(), binary).unwrap();
     assert_eq!(resident.wait().unwrap().signal(), Some(libc::SIGKILL));
     let e = w.collect(1, Duration::from_secs(30), in_cgroup(cg.rel.clone())).pop().expect("the kill");
     // Whether the grower outlives a later OOM of its own (under emulation the resident's
@@ -137,12 +147,21 @@ fn anonymous_fault_of_another_task_names_it_and_its_user_stack() {
     assert!(user[0].as_str().unwrap().contains("oomtrace_hog"), "the faulting instruction is in the hog's own code: {c:#}");
 }
 
+/// A file removed when the test ends, passed or failed.
+struct Removed(std::path::PathBuf);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Page cache that reclaim cannot take: a file mapped and mlocked by the hog. Needs a disk
 /// file system (tmpfs pages are shmem, charged to whoever wrote them).
 #[test]
 fn page_cache_read_is_named() {
     require_root_and_btf();
-    let dir = std::env::var_os("OOMTRACE_VM_RESULTS").map_or_else(std::env::temp_dir, Into::into);
+    let dir = scratch_dir();
     // SAFETY: statfs on a NUL-terminated path into a zeroed struct.
     let fs_type = unsafe {
         let mut st: libc::statfs = std::mem::zeroed();

@@ -358,7 +358,7 @@ fn ten_thousand_empty_child_cgroups_do_not_delay_the_next_kill() {
     });
     let metrics = http_get(&addr, "/metrics").1;
     let explain = |le: &str| stage_bucket(&metrics, "explain", le);
-    for stage in ["queue", "victim", "enrich", "explain"] {
+    for stage in ["ring", "queue", "victim", "enrich", "explain"] {
         let buckets: Vec<String> = ["0.004", "0.032", "0.128", "0.512", "+Inf"]
             .iter()
             .map(|le| format!("≤{le} s: {:?}", stage_bucket(&metrics, stage, le)))

@@ -160,7 +160,7 @@ fn prometheus_scrapes_a_real_kill_and_the_dashboard_queries_it() {
         if title.contains("by stage") {
             let mut stages: Vec<&str> = result.iter().filter_map(|r| r["metric"]["stage"].as_str()).collect();
             stages.sort_unstable();
-            assert_eq!(stages, ["enrich", "explain", "queue", "victim"], "{title}: {expr}: {result:#?}");
+            assert_eq!(stages, ["enrich", "explain", "queue", "ring", "victim"], "{title}: {expr}: {result:#?}");
         }
     }
     assert!(w.stop().success());
