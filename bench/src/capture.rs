@@ -68,6 +68,9 @@ pub struct StormResult {
     pub bpf: Option<(u64, u64)>,
     /// SIGKILLed bench hogs oomtrace did not report (evidence for a bug report), at most 20.
     pub oomtrace_missing: Vec<u32>,
+    /// CPU seconds oomtrace and bpftrace used from the storm's start until they caught up: on
+    /// a node busy with the processes being killed, a tool's CPU per kill is what it waits for.
+    pub cpu_s: [Option<f64>; 2],
 }
 
 impl StormResult {
@@ -94,6 +97,7 @@ impl StormResult {
             "oomtrace_bpf_runs": self.bpf.map(|b| b.0),
             "oomtrace_bpf_ns": self.bpf.map(|b| b.1),
             "oomtrace_missing_pids": self.oomtrace_missing,
+            "cpu_s": { "oomtrace": self.cpu_s[0].map(r3), "bpftrace": self.cpu_s[1].map(r3) },
         })
     }
 }
@@ -146,6 +150,11 @@ pub fn storm(ctx: &Ctx, target: usize, ncg: usize, stall: Option<Duration>) -> R
         oomkill.status()
     );
     sleep(Duration::from_millis(500))?;
+    let cpu = |bpf: &Result<Bpftrace, String>| {
+        let of = |pid| super::util::cpu_seconds(pid).ok();
+        [of(watch.proc.pid()), bpf.as_ref().ok().and_then(|b| of(b.pid()))]
+    };
+    let cpu_before = cpu(&bpf);
 
     let kills = AtomicUsize::new(0);
     // Slots: a worker claims one before spawning, so exactly `target` hogs are killed (a hog
@@ -218,6 +227,7 @@ pub fn storm(ctx: &Ctx, target: usize, ncg: usize, stall: Option<Duration>) -> R
         b.wait_for(kernel as usize, Duration::from_secs(10), &pids)?;
     }
     sleep(Duration::from_secs(1))?;
+    let cpu_s = [0, 1].map(|i| Some(cpu(&bpf)[i]? - cpu_before[i]?));
     let prog_stats = if ctx.bpf_stats {
         bpf_prog_stats(watch.proc.pid())
     } else {
@@ -254,6 +264,7 @@ pub fn storm(ctx: &Ctx, target: usize, ncg: usize, stall: Option<Duration>) -> R
             &evs,
             bpf_victims.as_ref().map(|v| v.0.as_slice()).unwrap_or(&[]),
             &klog,
+            &oomtrace_stderr,
         )?;
     }
 
@@ -389,6 +400,7 @@ pub fn storm(ctx: &Ctx, target: usize, ncg: usize, stall: Option<Duration>) -> R
         strategy,
         bpf: prog_stats,
         oomtrace_missing: missing,
+        cpu_s,
     })
 }
 
@@ -474,8 +486,9 @@ pub fn isolated(ctx: &Ctx, n: usize) -> Result<IsolatedResult> {
 }
 
 /// Raw observations of one storm, for digging: `storm-K-oomtrace.jsonl` (read time + event),
-/// `storm-K-bpftrace.txt` (pid, probe ns, read ns; CLOCK_MONOTONIC), `storm-K-kmsg.txt`.
-fn dump(dir: &std::path::Path, target: usize, evs: &[Arrived], bpf: &[BpfVictim], klog: &KmsgLog) -> Result<()> {
+/// `storm-K-bpftrace.txt` (pid, probe ns, read ns; CLOCK_MONOTONIC), `storm-K-kmsg.txt`,
+/// `storm-K-oomtrace.stderr` (with `RUST_LOG=oomtrace=debug`, each kill's time by stage).
+fn dump(dir: &std::path::Path, target: usize, evs: &[Arrived], bpf: &[BpfVictim], klog: &KmsgLog, stderr: &[String]) -> Result<()> {
     use std::io::Write;
     std::fs::create_dir_all(dir)?;
     let mut f = std::io::BufWriter::new(std::fs::File::create(
@@ -497,5 +510,6 @@ fn dump(dir: &std::path::Path, target: usize, evs: &[Arrived], bpf: &[BpfVictim]
     for l in &klog.lines {
         writeln!(f, "{l}")?;
     }
+    std::fs::write(dir.join(format!("storm-{target}-oomtrace.stderr")), stderr.join("\n"))?;
     Ok(())
 }

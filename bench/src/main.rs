@@ -479,6 +479,10 @@ fn print_storms(storms: &[capture::StormResult]) {
                 ns as f64 / 1e3 / runs.max(1) as f64
             );
         }
+        let per_kill = |cpu: Option<f64>| {
+            cpu.map_or("n/a".into(), |c| format!("{c:.2} s ({:.0} µs per kill)", c * 1e6 / s.kernel.max(1) as f64))
+        };
+        println!("    CPU over the storm: oomtrace {}, bpftrace {}", per_kill(s.cpu_s[0]), per_kill(s.cpu_s[1]));
     }
     if let Some(s) = storms.first() {
         println!("    oomtrace {}", s.strategy);

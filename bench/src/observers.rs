@@ -181,6 +181,10 @@ pub const BPFTRACE_SCRIPT: &str =
     r#"tracepoint:oom:mark_victim { printf("%d %llu\n", args->pid, nsecs); } BEGIN { printf("bench-ready\n"); }"#;
 
 impl Bpftrace {
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
     pub fn start() -> Result<Self> {
         let mut child = Command::new("bpftrace")
             .args(["-B", "line", "-e", BPFTRACE_SCRIPT])
