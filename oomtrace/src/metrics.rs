@@ -245,7 +245,7 @@ impl Metrics {
     pub fn with_stage_seconds(mut self, stages: StageSeconds) -> Self {
         self.registry.register(
             "kill_stage_duration_seconds",
-            "Time an OOM kill spent in each stage of the daemon before its outputs (queue: from the kill until taken)",
+            "Time an OOM kill spent in each stage before its outputs (ring: from the kill until the ring reader read it; queue: until the stages took it)",
             stages,
         );
         self

@@ -14,8 +14,9 @@ pub fn oomtrace_binary() -> std::path::PathBuf {
 pub struct Watch {
     child: Child,
     events: Receiver<Value>,
-    /// Set to make the stdout reader close the pipe after the next line.
+    /// Set to make the stdout reader close the pipe; it answers once closed.
     close_stdout: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stdout_closed: Receiver<()>,
     stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     stderr_thread: Option<std::thread::JoinHandle<()>>,
     /// The strategy line printed once attached.
@@ -58,11 +59,31 @@ impl Watch {
         let out = child.stdout.take().expect("stdout");
         let close_stdout = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let close = close_stdout.clone();
+        let (closed_tx, stdout_closed) = channel();
         std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if close.load(std::sync::atomic::Ordering::Relaxed) {
-                    return;
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&out);
+            let mut out = BufReader::new(out);
+            loop {
+                // Waits for a line, looking at the close flag every 20 ms: a close must not wait
+                // for the next line, or lines written before it would be lost unread and uncounted.
+                while out.buffer().is_empty() {
+                    if close.load(std::sync::atomic::Ordering::Relaxed) {
+                        drop(out);
+                        let _ = closed_tx.send(());
+                        return;
+                    }
+                    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+                    // SAFETY: one valid pollfd for the pipe this thread owns.
+                    if unsafe { libc::poll(&mut pfd, 1, 20) } > 0 {
+                        break;
+                    }
                 }
+                let mut line = String::new();
+                match out.read_line(&mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                let line = line.trim_end_matches('\n');
                 let v = match serde_json::from_str::<Value>(&line) {
                     Ok(v) => check_schema(v),
                     Err(e) => Err(format!("not JSON ({e}): {line}")),
@@ -87,7 +108,7 @@ impl Watch {
             }
         });
         let stderr_thread = Some(stderr_thread);
-        let mut w = Watch { child, events, close_stdout, stderr, stderr_thread, strategy: String::new() };
+        let mut w = Watch { child, events, close_stdout, stdout_closed, stderr, stderr_thread, strategy: String::new() };
         // Start-up is the kernel BTF and the programs' verification: about a second here, but
         // it once took over 60 s on emulated 5.10 (with `--warnings`, while another guest ran),
         // before the daemon had printed anything.
@@ -138,9 +159,11 @@ impl Watch {
         unsafe { libc::kill(self.child.id() as i32, sig) };
     }
 
-    /// Closes oomtrace's stdout once the next line arrives (a log pipeline that went away).
+    /// Closes oomtrace's stdout now (a log pipeline that went away): every line it prints
+    /// after this returns fails. Lines still in the pipe are lost, as they would be.
     pub fn close_stdout(&self) {
         self.close_stdout.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stdout_closed.recv_timeout(Duration::from_secs(10)).expect("the stdout reader closed the pipe");
     }
 
     /// Whether the oomtrace process is still running.

@@ -91,7 +91,9 @@ fn anonymous_fault_of_another_task_names_it_and_its_user_stack() {
     cg.set_limit(48 * MIB).unwrap();
     let mut resident = cg.spawn_hog(&Hog { hold_ms: 60_000, ..Hog::anon(36) }).unwrap();
     cg.wait_for_usage(36 * MIB);
-    let binary = Removed(scratch_dir().join(format!("oomtrace-charge-grower-{}", std::process::id())));
+    // Not on the VM runner's 9p share: 9p opens a file by its path, so a removed file is no
+    // longer readable through the mapping (on disk file systems and tmpfs it is).
+    let binary = Removed(std::env::temp_dir().join(format!("oomtrace-charge-grower-{}", std::process::id())));
     let binary = &binary.0;
     std::fs::copy(hog_binary(), binary).unwrap();
     // It holds what it grew until the test has read the kill, so its memory map outlives
