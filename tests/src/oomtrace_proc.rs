@@ -84,7 +84,7 @@ impl Watch {
                     Ok(_) => {}
                 }
                 let line = line.trim_end_matches('\n');
-                let v = match serde_json::from_str::<Value>(&line) {
+                let v = match serde_json::from_str::<Value>(line) {
                     Ok(v) => check_schema(v),
                     Err(e) => Err(format!("not JSON ({e}): {line}")),
                 };
