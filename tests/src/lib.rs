@@ -35,12 +35,6 @@ pub fn require_tool(name: &str) -> std::path::PathBuf {
         .unwrap_or_else(|| panic!("`{name}` is not installed: run `cargo xtask test`, which installs the tools the tests use"))
 }
 
-/// A writable directory on a disk or 9p file system: the VM runner's results directory in a
-/// guest (whose root is read-only), the temp directory on a host.
-pub fn scratch_dir() -> std::path::PathBuf {
-    std::env::var_os("OOMTRACE_VM_RESULTS").map_or_else(std::env::temp_dir, Into::into)
-}
-
 /// True inside the disposable test VM (`cargo xtask vm-test`), where tests may provoke
 /// node-wide OOMs.
 pub fn in_test_vm() -> bool {

@@ -7,7 +7,7 @@
 //! produced with kernel objects nothing reclaims: VMAs.
 use oomtrace_tests::cgroup::{hog_binary, Hog, HogKind, TestCgroup};
 use oomtrace_tests::oomtrace_proc::{in_cgroup, kill_in, Watch};
-use oomtrace_tests::{require_root_and_btf, scratch_dir};
+use oomtrace_tests::require_root_and_btf;
 use serde_json::Value;
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
@@ -163,7 +163,7 @@ impl Drop for Removed {
 #[test]
 fn page_cache_read_is_named() {
     require_root_and_btf();
-    let dir = scratch_dir();
+    let dir = std::env::var_os("OOMTRACE_VM_RESULTS").map_or_else(std::env::temp_dir, Into::into);
     // SAFETY: statfs on a NUL-terminated path into a zeroed struct.
     let fs_type = unsafe {
         let mut st: libc::statfs = std::mem::zeroed();
