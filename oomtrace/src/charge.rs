@@ -115,7 +115,10 @@ impl UserSymbols {
         }
         self.stacks += 1;
         let addrs = &raw.ustack[..(raw.ustack_len as usize).min(USTACK_DEPTH)];
-        let mut src = Process::new(raw.trigger_tgid.into());
+        // Through the charging thread's own `/proc/<tid>`: every path under `/proc/<pid>` takes
+        // the main thread's lock, which the OOM killer holds while it prints the kill when that
+        // thread is the victim's (see [`crate::runtime::procfs::read`]).
+        let mut src = Process::new(raw.trigger_pid.into());
         src.debug_syms = false;
         // The mapped files themselves (`/proc/<pid>/map_files`). The paths in the memory map
         // would be opened in this process's mount namespace, where a path can name another
@@ -268,12 +271,24 @@ mod tests {
         raw.trigger_tgid = std::process::id();
         raw.ustack[0] = faulting_here() + 1;
         raw.ustack_len = 1;
+        // Charged by a thread other than the main one: read through that thread's `/proc/<tid>`.
+        let (tid_tx, tid) = std::sync::mpsc::channel();
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let charging = std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tid_tx.send(unsafe { libc::gettid() } as u32).unwrap();
+            let _ = wait.recv();
+        });
+        raw.trigger_pid = tid.recv().unwrap();
+        assert_ne!(raw.trigger_pid, raw.trigger_tgid);
         let mut symbols = UserSymbols::default();
         for i in 0..=STACKS {
             let stack = symbols.user_stack(&raw).expect("a stack").expect("named");
             assert!(stack[0].contains("faulting_here"), "stack {i}: {stack:?}");
         }
         assert_eq!((symbols.stacks, symbols.binaries.len()), (1, 1), "started over after {STACKS} stacks");
+        done.send(()).unwrap();
+        charging.join().unwrap();
     }
 
     /// Stacks as this kernel (6.18) gave them at `oom:mark_victim` in a 32 MiB memcg.

@@ -54,10 +54,11 @@ impl Reader {
             return Snapshot::default();
         }
         let tgid = if raw.victim_tgid != 0 { raw.victim_tgid } else { raw.victim_pid };
-        // The thread whose allocation the kill answered, when it is one of the victim's.
+        // The thread whose allocation the kill answered, when it is one of the victim's; the
+        // kernel holds the victim's thread it names (`victim_pid`) until it has printed the kill.
         let busy = (tgid == raw.trigger_tgid).then_some(raw.trigger_pid);
         let mut seen = Snapshot {
-            process: crate::runtime::procfs::read(tgid, busy),
+            process: crate::runtime::procfs::read(tgid, busy, raw.victim_pid),
             ..Default::default()
         };
         if dfl_levels(raw).is_empty() && victim_memcg_levels(raw).is_empty() {

@@ -356,19 +356,33 @@ fn without_the_hosts_pids_the_pod_spec_names_the_runtime() {
 }
 
 /// How often procfs still has the victim's command line and environment when oomtrace sees
-/// the kill: Python victims (known by argv[0] alone) killed one after another.
+/// the kill: Python victims (known by argv[0] alone) killed one after another. Then the same
+/// when a thread other than the main one allocates, as in a JVM or a Python worker: the kernel
+/// holds the main thread while it prints the kill, and the victim is read through the
+/// allocating thread's own `/proc/<tid>`. One after the other, so that neither loop of kills
+/// slows the other's reads.
 #[test]
 fn procfs_is_read_at_the_kill() {
+    procfs_read_at_the_kill("oomtrace-procfs", "b = [bytearray(1 << 20) for _ in range(1 << 20)]");
+    procfs_read_at_the_kill(
+        "oomtrace-procfs-thread",
+        "import threading\n\
+         t = threading.Thread(target=lambda: [bytearray(1 << 20) for _ in range(1 << 20)])\n\
+         t.start()\n\
+         t.join()",
+    );
+}
+
+fn procfs_read_at_the_kill(name: &str, script: &str) {
     require_root_and_btf();
     const KILLS: usize = 20;
-    let cg = TestCgroup::new("oomtrace-procfs").unwrap();
+    let cg = TestCgroup::new(name).unwrap();
     cg.set_limit(64 * MIB).unwrap();
     let w = Watch::start(&[]);
     let mut read = 0;
     for _ in 0..KILLS {
         let mut py = Command::new(require_tool("python3"));
-        py.args(["-c", "b = [bytearray(1 << 20) for _ in range(1 << 20)]"])
-            .stderr(Stdio::null());
+        py.args(["-c", script]).stderr(Stdio::null());
         let st = cg.spawn(&mut py).unwrap().wait().unwrap();
         assert_eq!(st.signal(), Some(libc::SIGKILL), "{st}");
         let evs = w.collect(1, Duration::from_secs(30), in_cgroup(cg.rel.clone()));
@@ -385,10 +399,13 @@ fn procfs_is_read_at_the_kill() {
             read += 1;
         }
     }
-    eprintln!("procfs had the victim's cmdline and environ at {read} of {KILLS} kills");
-    // Measured at 15 to 19 of 20 on this host; below half would mean the read is not first.
+    eprintln!("{name}: procfs had the victim's cmdline and environ at {read} of {KILLS} kills");
+    // Measured on this host: 12 to 20 of 20 with one thread, 13 to 19 through the allocating
+    // thread (12 to 17 while the main thread was read first), and 0 of 20 with the read put
+    // off by 5 ms, as it would be after the other stages. A quarter tells the two apart and
+    // leaves the race with the victim's exit its variance.
     assert!(
-        read * 2 >= KILLS,
+        read * 4 >= KILLS,
         "procfs read at only {read} of {KILLS} kills"
     );
 }

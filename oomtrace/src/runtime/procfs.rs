@@ -24,16 +24,19 @@ const THREADS: usize = 64;
 
 /// `pid`'s process, or `None` when procfs no longer has its command line and environment.
 ///
+/// `held` is the victim's thread that the OOM killer locked: it keeps that lock while it prints
+/// the kill to the console (milliseconds on a serial console, tens of them when the console is
+/// behind), and every path under `/proc/<tid>` of that thread waits for it, `/proc/<pid>` too
+/// when it is the main thread. So the thread the kill caught allocating (`busy`, when it is one
+/// of the victim's), which shows the same process through its own `/proc/<tid>`, goes first.
+///
 /// A process's memory stays until its last thread has exited, but `/proc/<pid>` looks at the
 /// main thread, often the first to go (an idle JVM or Go main thread wakes to the SIGKILL and
-/// exits at once): then the thread the kill caught allocating (`busy`, when it is one of the
-/// victim's) and the other threads are asked, through `/proc/<pid>/task/<tid>`.
-pub fn read(pid: u32, busy: Option<u32>) -> Option<Process> {
-    read_at(&format!("/proc/{pid}"))
-        .or_else(|| {
-            busy.filter(|t| *t != pid)
-                .and_then(|t| read_at(&format!("/proc/{pid}/task/{t}")))
-        })
+/// exits at once): then the other threads are asked, through `/proc/<pid>/task/<tid>`.
+pub fn read(pid: u32, busy: Option<u32>, held: u32) -> Option<Process> {
+    first_dirs(pid, busy, held)
+        .iter()
+        .find_map(|d| read_at(d))
         .or_else(|| {
             let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
             tasks
@@ -41,6 +44,18 @@ pub fn read(pid: u32, busy: Option<u32>) -> Option<Process> {
                 .take(THREADS)
                 .find_map(|t| read_at(&t.path().to_string_lossy()))
         })
+}
+
+/// The procfs directories tried first, in order: the busy thread when the kernel does not
+/// hold it, the process, then the busy thread even if held.
+fn first_dirs(pid: u32, busy: Option<u32>, held: u32) -> Vec<String> {
+    let busy = busy.filter(|t| *t != pid);
+    let free = busy.filter(|t| *t != held);
+    free.into_iter()
+        .chain([pid])
+        .chain(busy.filter(|_| free.is_none()))
+        .map(|t| format!("/proc/{t}"))
+        .collect()
 }
 
 /// The process as the procfs directory `dir` (of the process or of one of its threads) shows it.
@@ -153,7 +168,7 @@ mod tests {
 
     #[test]
     fn this_process_is_read_whole() {
-        let p = read(std::process::id(), None).expect("our own cmdline");
+        let p = read(std::process::id(), None, std::process::id()).expect("our own cmdline");
         assert_eq!(p.argv[0], std::env::args().next().unwrap());
         assert_eq!(p.go_binary, Some(false), "a Rust test binary");
         assert_eq!(go_binary("/proc/self/exe"), Some(false));
@@ -162,19 +177,37 @@ mod tests {
     #[test]
     fn a_thread_shows_its_process() {
         let me = std::process::id();
-        let t = std::thread::spawn(|| {
+        let t = std::thread::spawn(move || {
             // SAFETY: gettid has no preconditions.
             let tid = unsafe { libc::gettid() } as u32;
-            read_at(&format!("/proc/{}/task/{tid}", std::process::id()))
+            // Through the thread's own directory only, as when the kernel holds the main thread.
+            let alone = read_at(&format!("/proc/{tid}"));
+            (alone, read(me, Some(tid), me))
         });
-        let p = t.join().unwrap().expect("a live thread's view");
-        assert_eq!(Some(p), read(me, None));
+        let (alone, busy_first) = t.join().unwrap();
+        let p = alone.expect("a live thread's view");
+        assert_eq!(Some(&p), busy_first.as_ref());
+        assert_eq!(Some(p), read(me, None, me));
+    }
+
+    #[test]
+    fn the_thread_the_kernel_holds_is_read_last() {
+        let dirs = |busy, held| first_dirs(100, busy, held);
+        // Another thread allocated; the OOM killer holds the main thread.
+        assert_eq!(dirs(Some(105), 100), ["/proc/105", "/proc/100"]);
+        // The main thread's lock is free (it had exited: the kernel holds another thread).
+        assert_eq!(dirs(Some(105), 107), ["/proc/105", "/proc/100"]);
+        // The allocating thread is the one held.
+        assert_eq!(dirs(Some(105), 105), ["/proc/100", "/proc/105"]);
+        // The process allocated from its main thread, or the trigger was another process.
+        assert_eq!(dirs(Some(100), 100), ["/proc/100"]);
+        assert_eq!(dirs(None, 100), ["/proc/100"]);
     }
 
     #[test]
     fn a_gone_process_is_none() {
         // Above pid_max: no such process, ever.
-        assert_eq!(read(u32::MAX, Some(1)), None);
+        assert_eq!(read(u32::MAX, Some(1), u32::MAX), None);
         assert_eq!(go_binary("/nonexistent"), None);
     }
 
