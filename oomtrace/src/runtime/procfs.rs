@@ -27,8 +27,9 @@ const THREADS: usize = 64;
 /// `held` is the victim's thread that the OOM killer locked: it keeps that lock while it prints
 /// the kill to the console (milliseconds on a serial console, tens of them when the console is
 /// behind), and every path under `/proc/<tid>` of that thread waits for it, `/proc/<pid>` too
-/// when it is the main thread. So the thread the kill caught allocating (`busy`, when it is one
-/// of the victim's), which shows the same process through its own `/proc/<tid>`, goes first.
+/// when it is the main thread. So the thread the kill caught allocating (`busy`: given only
+/// when the kernel's record names it as one of `pid`'s threads), which shows the same process
+/// through its own `/proc/<tid>`, goes first.
 ///
 /// A process's memory stays until its last thread has exited, but `/proc/<pid>` looks at the
 /// main thread, often the first to go (an idle JVM or Go main thread wakes to the SIGKILL and
@@ -207,7 +208,7 @@ mod tests {
     #[test]
     fn a_gone_process_is_none() {
         // Above pid_max: no such process, ever.
-        assert_eq!(read(u32::MAX, Some(1), u32::MAX), None);
+        assert_eq!(read(u32::MAX, Some(u32::MAX - 1), u32::MAX), None);
         assert_eq!(go_binary("/nonexistent"), None);
     }
 
