@@ -13,7 +13,6 @@ use crate::pressure::MemoryPressure;
 use crate::watch::{HookArgs, KubeArgs};
 use anyhow::{Context, Result};
 use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Router};
-use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -83,20 +82,6 @@ struct DaemonSink {
     warning_errors: OutputErrors,
 }
 
-impl DaemonSink {
-    /// One JSON line, flushed; a failed write is counted in `errors` and the daemon goes on.
-    fn line(out: &std::io::Stdout, v: &impl serde::Serialize, errors: &mut OutputErrors) {
-        let mut out = out.lock();
-        let r = serde_json::to_writer(&mut out, v)
-            .map_err(std::io::Error::from)
-            .and_then(|()| writeln!(out))
-            .and_then(|()| out.flush());
-        if let Err(e) = r {
-            errors.failed(&e);
-        }
-    }
-}
-
 impl Sink for DaemonSink {
     fn attached(&mut self, strategy: &str) {
         self.health.metrics.attached(strategy);
@@ -106,7 +91,7 @@ impl Sink for DaemonSink {
     fn kill(&mut self, ev: &OomKill) -> bool {
         // Counted before it is printed: whoever has read the line finds it in the metrics.
         self.health.metrics.record(ev);
-        Self::line(&self.out, ev, &mut self.kill_errors);
+        self.kill_errors.write_json(&mut self.out.lock(), ev);
         if let Some(p) = &self.events {
             p.publish(ev);
         }
@@ -115,7 +100,7 @@ impl Sink for DaemonSink {
 
     fn pressure(&mut self, p: &MemoryPressure) {
         self.health.metrics.record_pressure(p);
-        Self::line(&self.out, p, &mut self.warning_errors);
+        self.warning_errors.write_json(&mut self.out.lock(), p);
     }
 
     fn finish(&mut self, deadline: std::time::Instant) {

@@ -31,6 +31,13 @@ impl OutputErrors {
             self.unlogged = 0;
         }
     }
+
+    /// Writes `v` as one JSON line; a failed write is counted here and the stream goes on.
+    pub fn write_json(&mut self, out: &mut impl Write, v: &impl serde::Serialize) {
+        if let Err(e) = json_line(v).and_then(|line| write_whole(out, &line)) {
+            self.failed(&e);
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -60,6 +67,23 @@ pub fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
         }
     }
     out.into()
+}
+
+/// `v` as one JSON line.
+fn json_line(v: &impl serde::Serialize) -> std::io::Result<Vec<u8>> {
+    let mut line = serde_json::to_vec(v)?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// Writes text rendered whole, then flushes. Stdout's buffer holds 1 KiB and a kill's JSON
+/// is several: serialized straight into it, a line left in pieces, each a `write` that wakes
+/// the reader of the pipe for part of a line, and a write that failed midway left a part
+/// behind to prefix the next line. Whole lines end in a newline, so stdout hands them to the
+/// kernel in one `write` (pipes keep up to 4 KiB of it together).
+fn write_whole(out: &mut impl Write, text: &[u8]) -> std::io::Result<()> {
+    out.write_all(text)?;
+    out.flush()
 }
 
 /// A writer of human-readable text: whatever goes through it has its control characters
@@ -148,24 +172,23 @@ impl<W: Write> Printer<W> {
 
     /// Prints one kill and flushes, so a pipe sees it at once.
     pub fn print(&mut self, ev: &OomKill) -> std::io::Result<()> {
-        match self.format {
-            Format::Json => {
-                serde_json::to_writer(&mut self.out, ev)?;
-                writeln!(self.out)?;
+        let text = match self.format {
+            Format::Json => json_line(ev)?,
+            Format::Table | Format::Wide => {
+                let mut text = Vec::new();
+                row(&mut SafeText(&mut text), ev, self.format, &mut self.header_done)?;
+                text
             }
-            Format::Table | Format::Wide => row(&mut SafeText(&mut self.out), ev, self.format, &mut self.header_done)?,
-        }
-        self.out.flush()
+        };
+        write_whole(&mut self.out, &text)
     }
 
     /// Prints an early warning (JSON line, or a `WARNING` line in the table formats).
     pub fn pressure(&mut self, p: &crate::pressure::MemoryPressure) -> std::io::Result<()> {
-        match self.format {
-            Format::Json => {
-                serde_json::to_writer(&mut self.out, p)?;
-                writeln!(self.out)?;
-            }
+        let text = match self.format {
+            Format::Json => json_line(p)?,
             Format::Table | Format::Wide => {
+                let mut text = Vec::new();
                 let who = match &p.k8s {
                     Some(k) if k.pod.is_some() => format!(
                         "{}/{}/{}",
@@ -181,7 +204,7 @@ impl<W: Write> Printer<W> {
                     p.limit_bytes
                 };
                 writeln!(
-                    SafeText(&mut self.out),
+                    SafeText(&mut text),
                     "WARNING {who}: reclaiming at memory.{} ({} of {}), reclaimed {}{}, charging task {} ({}){}",
                     p.reason,
                     human(p.usage_bytes),
@@ -192,9 +215,10 @@ impl<W: Write> Printer<W> {
                     p.task.pid,
                     if p.suppressed > 0 { format!(", {} more passes", p.suppressed) } else { String::new() }
                 )?;
+                text
             }
-        }
-        self.out.flush()
+        };
+        write_whole(&mut self.out, &text)
     }
 
 }
@@ -266,6 +290,67 @@ mod tests {
         let mut out = Vec::new();
         write!(SafeText(&mut out), "{:<6}|{}", "\x07", 1).unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), "\\x07     |1");
+    }
+
+    /// Each `write` it is handed, as the reader of a pipe gets them; fails from the `fail`th on.
+    #[derive(Default)]
+    struct Writes {
+        each: Vec<Vec<u8>>,
+        fail: Option<usize>,
+    }
+
+    impl Write for Writes {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.fail.is_some_and(|n| self.each.len() >= n) {
+                return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            self.each.push(buf.to_vec());
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A kill whose JSON is kilobytes long, as one with its explanation is.
+    fn long_kill() -> OomKill {
+        let cgroup = format!("/kubepods/burstable/pod{}/\x1b[31m", "0123456789abcdef".repeat(200));
+        crate::model::test_kill(serde_json::json!({
+            "victim": {"pid": 7, "comm": "python3"},
+            "cgroup": {"memory": {"path": cgroup}},
+            "oom": {"constraint": "memcg", "cgroup": cgroup, "limit_bytes": 1u64 << 30, "usage_bytes": 1u64 << 30}
+        }))
+    }
+
+    #[test]
+    fn each_kill_is_one_write_of_whole_lines() {
+        let ev = long_kill();
+        for format in [Format::Json, Format::Table, Format::Wide] {
+            let mut p = Printer::new(Writes::default(), format);
+            p.print(&ev).unwrap();
+            p.print(&ev).unwrap();
+            let each = &p.out.each;
+            assert_eq!(each.len(), 2, "{format:?}: one write per kill");
+            assert!(each.iter().all(|w| w.len() > 3000 && w.ends_with(b"\n")), "{format:?}");
+            if format == Format::Json {
+                for w in each {
+                    assert_eq!(serde_json::from_slice::<OomKill>(w).unwrap(), ev);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_daemon_writes_whole_json_lines_and_counts_failures() {
+        let ev = long_kill();
+        let mut errors = OutputErrors::default();
+        let mut out = Writes { fail: Some(1), ..Default::default() };
+        errors.write_json(&mut out, &ev);
+        errors.write_json(&mut out, &ev);
+        assert_eq!(out.each.len(), 1);
+        assert_eq!(serde_json::from_slice::<OomKill>(&out.each[0]).unwrap(), ev);
+        assert_eq!(errors.total.load(Relaxed), 1, "the failed line is counted");
     }
 
     #[test]
