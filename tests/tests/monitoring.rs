@@ -26,6 +26,15 @@ fn rule_file(dir: &Path) -> PathBuf {
     path
 }
 
+/// The expression of alert `name` in the PrometheusRule.
+fn alert_expr(name: &str) -> String {
+    let text = std::fs::read_to_string(monitoring().join("prometheusrule.yaml")).unwrap();
+    let rule: Value = serde_saphyr::from_str(&text).unwrap();
+    let rules = rule["spec"]["groups"].as_array().unwrap().iter().flat_map(|g| g["rules"].as_array().unwrap());
+    let found = rules.into_iter().find(|r| r["alert"] == name).unwrap_or_else(|| panic!("no alert {name}"));
+    found["expr"].as_str().unwrap().to_string()
+}
+
 fn promtool(dir: &Path, args: &[&str]) -> String {
     let out = Command::new(require_tool("promtool")).args(args).current_dir(dir).output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -40,7 +49,7 @@ fn the_rules_are_valid_and_fire_exactly_when_they_should() {
     rule_file(&dir);
     std::fs::copy(monitoring().join("rules.test.yaml"), dir.join("rules.test.yaml")).unwrap();
     let checked = promtool(&dir, &["check", "rules", "rules.yaml"]);
-    assert!(checked.contains("SUCCESS: 7 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 8 rules found"), "{checked}");
     let tested = promtool(&dir, &["test", "rules", "rules.test.yaml"]);
     assert!(tested.contains("SUCCESS"), "{tested}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -163,6 +172,19 @@ fn prometheus_scrapes_a_real_kill_and_the_dashboard_queries_it() {
             assert_eq!(stages, ["enrich", "explain", "queue", "ring", "victim"], "{title}: {expr}: {result:#?}");
         }
     }
+
+    // The stall alert's arithmetic matches the real series label for label: one value, none in
+    // flight once the kill is out (a mismatch would give no series, and the alert never fires).
+    let stalled = alert_expr("OomtraceStalled");
+    let (in_flight, _) = stalled.split_once(") > 0").expect("OomtraceStalled: (kills in flight) > 0 and …");
+    let in_flight = format!("{in_flight})");
+    let seen = r#"oomtrace_kernel_victims_seen_total{job="oomtrace"}"#;
+    wait_for("the kernel's count in Prometheus", || prom.query(seen).first().is_some_and(|r| r["value"][1] == "1"));
+    let result = prom.query(&in_flight);
+    assert_eq!(result.len(), 1, "{in_flight}: {result:#?}");
+    assert_eq!(result[0]["value"][1], "0", "{in_flight}: {result:#?}");
+    assert_eq!(result[0]["metric"]["job"], "oomtrace", "{result:#?}");
+    assert!(prom.query(&stalled).is_empty(), "{stalled}");
     assert!(w.stop().success());
     let _ = std::fs::remove_file(&kubeconfig);
     drop(root);
