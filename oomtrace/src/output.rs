@@ -77,10 +77,10 @@ fn json_line(v: &impl serde::Serialize) -> std::io::Result<Vec<u8>> {
 }
 
 /// Writes text rendered whole, then flushes. Stdout's buffer holds 1 KiB and a kill's JSON
-/// is several: serialized straight into it, a line left in pieces, each a `write` that wakes
-/// the reader of the pipe for part of a line, and a write that failed midway left a part
-/// behind to prefix the next line. Whole lines end in a newline, so stdout hands them to the
-/// kernel in one `write` (pipes keep up to 4 KiB of it together).
+/// is several: serialized straight into it, a line went out in pieces, each a `write` that
+/// woke the pipe's reader for part of a line, and a write that failed midway left a part
+/// behind to prefix the next line. Whole text ending in a newline goes from stdout to the
+/// kernel in one `write` (a pipe keeps up to 4 KiB of it together).
 fn write_whole(out: &mut impl Write, text: &[u8]) -> std::io::Result<()> {
     out.write_all(text)?;
     out.flush()

@@ -16,11 +16,17 @@ fn monitoring() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/monitoring")
 }
 
-/// The rule groups of the PrometheusRule, as a Prometheus rule file (JSON is YAML).
-fn rule_file(dir: &Path) -> PathBuf {
+/// The PrometheusRule object.
+fn prometheus_rule() -> Value {
     let text = std::fs::read_to_string(monitoring().join("prometheusrule.yaml")).unwrap();
     let rule: Value = serde_saphyr::from_str(&text).unwrap();
     assert_eq!(rule["kind"], "PrometheusRule");
+    rule
+}
+
+/// The rule groups of the PrometheusRule, as a Prometheus rule file (JSON is YAML).
+fn rule_file(dir: &Path) -> PathBuf {
+    let rule = prometheus_rule();
     let path = dir.join("rules.yaml");
     std::fs::write(&path, serde_json::to_vec(&serde_json::json!({"groups": rule["spec"]["groups"]})).unwrap()).unwrap();
     path
@@ -28,8 +34,7 @@ fn rule_file(dir: &Path) -> PathBuf {
 
 /// The expression of alert `name` in the PrometheusRule.
 fn alert_expr(name: &str) -> String {
-    let text = std::fs::read_to_string(monitoring().join("prometheusrule.yaml")).unwrap();
-    let rule: Value = serde_saphyr::from_str(&text).unwrap();
+    let rule = prometheus_rule();
     let rules = rule["spec"]["groups"].as_array().unwrap().iter().flat_map(|g| g["rules"].as_array().unwrap());
     let found = rules.into_iter().find(|r| r["alert"] == name).unwrap_or_else(|| panic!("no alert {name}"));
     found["expr"].as_str().unwrap().to_string()
@@ -178,8 +183,12 @@ fn prometheus_scrapes_a_real_kill_and_the_dashboard_queries_it() {
     let stalled = alert_expr("OomtraceStalled");
     let (in_flight, _) = stalled.split_once(") > 0").expect("OomtraceStalled: (kills in flight) > 0 and …");
     let in_flight = format!("{in_flight})");
+    // The counters are exported once a second: a scrape may still hold the kill in flight.
     let seen = r#"oomtrace_kernel_victims_seen_total{job="oomtrace"}"#;
-    wait_for("the kernel's count in Prometheus", || prom.query(seen).first().is_some_and(|r| r["value"][1] == "1"));
+    wait_for("the kill seen and out of flight, in Prometheus", || {
+        prom.query(seen).first().is_some_and(|r| r["value"][1] == "1")
+            && prom.query(&in_flight).first().is_some_and(|r| r["value"][1] == "0")
+    });
     let result = prom.query(&in_flight);
     assert_eq!(result.len(), 1, "{in_flight}: {result:#?}");
     assert_eq!(result[0]["value"][1], "0", "{in_flight}: {result:#?}");
